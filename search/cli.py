@@ -1,0 +1,145 @@
+"""The ``ftsearch`` command: run, validate and inspect studies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from search.study import StudyError, load_study
+
+logger = logging.getLogger("search")
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _TqdmHandler(logging.Handler):
+    """Write log records above any progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Send the ``search`` package's log to standard error: info by default, debug if verbose."""
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+def _command_run(args: argparse.Namespace) -> int:
+    from search.results import best_summary, format_table, trial_rows
+    from search.runner import run
+
+    study = load_study(args.study)
+    result = run(study, run_dir=args.run_dir, address=args.address, progress=not args.no_progress)
+    rows = trial_rows(result.optuna_study)
+    maximize = study.objective.resolved_direction == "maximize"
+    print(format_table(rows, study.objective.metric, maximize))
+    _print_best(best_summary(study, result.optuna_study))
+    print(f"Results: {result.run_dir} (storage {result.storage})")
+    return 0
+
+
+def _command_validate(args: argparse.Namespace) -> int:
+    from search.preflight import prepare, pretrained_source
+
+    study = load_study(args.study)
+    prepared = prepare(study)
+    print(f"{args.study}: valid")
+    print(f"  data: {prepared.dataset.describe()}")
+    for backbone in study.backbones:
+        print(f"  model: {backbone}, weights {pretrained_source(study, backbone)}, {study.model.image_size} px")
+    searched = [name for name in study.space if study.space[name].searched]
+    print(f"  space: {', '.join(searched) or 'nothing searched'}")
+    print(
+        f"  budget: {study.budget.trials} trials of up to {study.budget.max_epochs} epochs, "
+        f"{study.search.concurrency} at once, sampler {study.search.sampler}, "
+        f"scheduler {study.search.scheduler}"
+    )
+    return 0
+
+
+def _command_best(args: argparse.Namespace) -> int:
+    from search.results import best_study, best_summary
+    from search.storage import open_run
+
+    study, optuna_study = open_run(args.run)
+    summary = best_summary(study, optuna_study)
+    if summary is None:
+        print(f"no trial of {args.run} has completed yet", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        _print_best(summary)
+    if args.export:
+        exported = best_study(study, summary["config"])
+        Path(args.export).write_text(exported.to_yaml(), encoding="utf-8")
+        print(f"Wrote the best configuration as the study {exported.name!r} to {args.export}", file=sys.stderr)
+    return 0
+
+
+def _print_best(summary: dict | None) -> None:
+    if summary is None:
+        print("No trial completed.")
+        return
+    print(f"Best trial {summary['trial']}: {summary['metric']} {summary['value']:.4f} after {summary['epochs']} epochs")
+    for name, value in summary["config"].items():
+        print(f"  {name}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``ftsearch`` command."""
+    parser = argparse.ArgumentParser(
+        prog="ftsearch",
+        description="Search for the best way to fine-tune a pretrained vision model.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run_parser = commands.add_parser("run", help="run a study file")
+    run_parser.add_argument("study", help="study file (YAML)")
+    run_parser.add_argument("--run-dir", help="folder for the results (default: runs/<study name>)")
+    run_parser.add_argument("--address", help="address of a running Ray cluster (default: start Ray here)")
+    run_parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run_parser.set_defaults(handler=_command_run)
+
+    validate_parser = commands.add_parser("validate", help="check a study file without running it")
+    validate_parser.add_argument("study", help="study file (YAML)")
+    validate_parser.set_defaults(handler=_command_validate)
+
+    best_parser = commands.add_parser("best", help="print the best trial of a run")
+    best_parser.add_argument("run", help="run directory, such as runs/digits")
+    best_parser.add_argument("--json", action="store_true", help="print JSON")
+    best_parser.add_argument("--export", metavar="FILE", help="write a study file that reruns the best configuration")
+    best_parser.set_defaults(handler=_command_best)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``ftsearch`` command and return its exit status."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        return args.handler(args)
+    except (StudyError, FileNotFoundError) as error:
+        print(f"ftsearch: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ftsearch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

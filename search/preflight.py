@@ -1,0 +1,184 @@
+"""Checks that need timm and the data, run before any trial starts.
+
+``prepare`` resolves every backbone's pretrained weights once, builds each backbone with
+them on a tiny batch at the study's image size, checks the frozen-stage range against each
+backbone, and decodes the data set. Everything it returns is shared with all trials.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from search.study import Study, StudyError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Prepared", "prepare", "pretrained_source"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What every trial of a study shares: the data set and each backbone's weights."""
+
+    dataset: Any
+    weights: dict[str, Any]
+    normalization: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
+
+
+def pretrained_source(study: Study, backbone: str) -> str:
+    """Return the weight source ``model.pretrained`` gives for ``backbone``."""
+    pretrained = study.model.pretrained
+    if isinstance(pretrained, Mapping):
+        return pretrained.get(backbone, "none")
+    return "none" if pretrained in (None, False) else pretrained
+
+
+def prepare(study: Study, load_data: bool = True) -> Prepared:
+    """Check the study against timm and the data, and load what the trials share.
+
+    Raises:
+        StudyError: listing every problem found.
+    """
+    problems = _check_pretrained_keys(study)
+    weights, normalization = {}, {}
+    for backbone in study.backbones:
+        try:
+            weights[backbone] = _check_backbone(study, backbone)
+        except StudyError as error:
+            problems += error.problems
+            continue
+        normalization[backbone] = _normalization(study, backbone, weights[backbone])
+    if problems:
+        raise StudyError(problems)
+    dataset = None
+    if load_data:
+        from search.data import load_dataset
+
+        dataset = load_dataset(study.data, study.model.image_size, study.model.in_chans)
+    return Prepared(dataset, weights, normalization)
+
+
+def _check_pretrained_keys(study: Study) -> list[str]:
+    pretrained = study.model.pretrained
+    if not isinstance(pretrained, Mapping):
+        return []
+    backbones = study.backbones
+    problems = []
+    for name, source in pretrained.items():
+        if name not in backbones:
+            problems.append(
+                f"model.pretrained.{name}: {name!r} is not a backbone of this study "
+                f"(backbones: {', '.join(backbones)}); remove it or add it to space.backbone"
+            )
+        elif not isinstance(source, str):
+            problems.append(
+                f"model.pretrained.{name}: expected a weight source as text, got {source!r}; "
+                "write none, hub, package:NAME or a file path"
+            )
+    return problems
+
+
+def _check_backbone(study: Study, backbone: str):
+    """Resolve ``backbone``'s weights and build it once; raise StudyError on any problem."""
+    from search.model import ModelError, build_model, check_model, count_stages
+    from search.weights import WeightsError, resolve_pretrained
+
+    key = "space.backbone" if "backbone" in study.space else "model.name"
+    try:
+        check_model(backbone, in_chans=study.model.in_chans)
+    except ModelError as error:
+        raise StudyError(f"{key}: {error}") from None
+    source = pretrained_source(study, backbone)
+    try:
+        weights = resolve_pretrained(_resolve_path(study, source), backbone)
+    except WeightsError as error:
+        raise StudyError(f"model.pretrained: {error}") from None
+    problems = _check_frozen_stages(study, backbone, count_stages(backbone))
+    if problems:
+        raise StudyError(problems)
+    try:
+        model, report = build_model(backbone, 10, {}, weights=weights, in_chans=study.model.in_chans)
+        _forward_tiny_batch(model, study)
+    except (ModelError, WeightsError) as error:
+        raise StudyError(f"model.pretrained: {error}") from None
+    if report is not None:
+        logger.info(
+            "%s: %d pretrained tensors fit from %s, %d initialised anew",
+            backbone,
+            len(report.kept),
+            weights.source,
+            len(report.new),
+        )
+    return weights
+
+
+def _resolve_path(study: Study, source: str) -> str:
+    """Resolve a relative weight file against the study file's folder."""
+    if source in ("none", "hub") or source.startswith("package:") or study.source is None:
+        return source
+    from pathlib import Path
+
+    path = Path(source).expanduser()
+    if not path.is_absolute():
+        beside_study = study.source.parent / path
+        if beside_study.exists() or not path.exists():
+            return str(beside_study)
+    return str(path)
+
+
+def _check_frozen_stages(study: Study, backbone: str, stages: int) -> list[str]:
+    if "frozen_stages" not in study.space:
+        return []
+    highest = max(study.space["frozen_stages"].values())
+    if isinstance(highest, int) and highest > stages:
+        return [
+            f"space.frozen_stages: {highest} is more than the {stages} stages of {backbone}; "
+            f"lower the largest value to at most {stages}"
+        ]
+    return []
+
+
+def _forward_tiny_batch(model, study: Study) -> None:
+    """Run forward and backward on two random images, so a size the model cannot take fails now."""
+    import torch
+
+    size = study.model.image_size
+    x = torch.randn(2, study.model.in_chans, size, size)
+    try:
+        model.train()
+        model(x).sum().backward()
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[0]
+        raise StudyError(
+            f"model.image_size: {study.model.name} cannot take {size}x{size} images "
+            f"({first_line}); choose a larger image_size"
+        ) from None
+
+
+def _normalization(study: Study, backbone: str, weights) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Return the per-channel mean and std: the study's, the weights', or timm's defaults."""
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if weights is not None:
+        mean, std = weights.mean, weights.std
+    else:
+        import timm
+
+        config = timm.get_pretrained_cfg(backbone)
+        if config is not None:
+            mean, std = config.mean or mean, config.std or std
+    if study.model.mean is not None:
+        mean = tuple(study.model.mean)
+    if study.model.std is not None:
+        std = tuple(study.model.std)
+    channels = study.model.in_chans
+    if len(mean) != channels:
+        mean = (sum(mean) / len(mean),) * channels
+    if len(std) != channels:
+        std = (sum(std) / len(std),) * channels
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)

@@ -1,0 +1,389 @@
+"""Run a study: Ray Tune runs the trials, Optuna picks each trial's configuration.
+
+Every Ray Tune trial is exactly one Optuna trial in the study's storage: trials that ran every
+epoch end COMPLETE, trials the scheduler stopped early end PRUNED with their per-epoch values,
+and failed trials end FAIL with the error in the ``fail_reason`` user attribute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
+
+from search.preflight import prepare
+from search.storage import (
+    CONFIG_ATTR,
+    FAIL_REASON_ATTR,
+    RESOLVED_STUDY_FILE,
+    STOP_REASON_ATTR,
+    mask_url,
+    open_storage,
+    storage_url,
+)
+from search.study import Study, StudyError
+from spaces.terms import resolve_config
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RunResult", "default_run_dir", "run"]
+
+TUNE_FOLDER = "tune"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The finished run: its folder, the Optuna study and its storage URL (password masked)."""
+
+    run_dir: Path
+    optuna_study: Any
+    storage: str
+
+    @property
+    def best_trial(self):
+        """The best COMPLETE trial, or None when no trial completed."""
+        from search.results import best_trial
+
+        return best_trial(self.optuna_study)
+
+
+def default_run_dir(study: Study) -> Path:
+    """Return ``runs/<study name>`` under the current folder."""
+    return Path("runs") / study.name
+
+
+def run(
+    study: Study,
+    run_dir: str | Path | None = None,
+    address: str | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Run ``study`` to its budget and return the result.
+
+    Args:
+        study: a validated study.
+        run_dir: where the storage, Ray Tune's trial folders and the resolved study go;
+            ``runs/<study name>`` by default.
+        address: a Ray cluster address; by default Ray starts on this machine, on loopback only.
+        progress: show a progress bar on standard error.
+
+    Raises:
+        StudyError: before any trial starts, when the study cannot run.
+    """
+    run_dir = Path(run_dir or default_run_dir(study)).resolve()
+    url = storage_url(study, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(url)
+    _reject_existing_study(study, storage, run_dir, url)
+    prepared = prepare(study)
+    (run_dir / RESOLVED_STUDY_FILE).write_text(study.to_yaml(), encoding="utf-8")
+    logger.info("Study %r: run directory %s, storage %s", study.name, run_dir, mask_url(url))
+
+    started_ray = _init_ray(address)
+    try:
+        optuna_study = _fit(study, prepared, storage, run_dir, progress)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    return RunResult(run_dir, optuna_study, mask_url(url))
+
+
+def _reject_existing_study(study: Study, storage, run_dir: Path, url: str) -> None:
+    try:
+        existing = optuna.load_study(study_name=study.name, storage=storage)
+    except KeyError:
+        return
+    count = len(existing.trials)
+    raise StudyError(
+        f"the storage {mask_url(url)} already has a study named {study.name!r} with {count} "
+        f"trials; choose another run directory with --run-dir, remove {run_dir}, or rename the study"
+    )
+
+
+def _init_ray(address: str | None) -> bool:
+    """Start Ray on loopback, or connect to ``address``; return whether this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        _listen_on_loopback_only()
+        ray.init(include_dashboard=False, **kwargs)
+    return True
+
+
+def _listen_on_loopback_only() -> None:
+    """Make a local Ray bind 127.0.0.1 instead of this machine's network address.
+
+    Ray 2.x picks the loopback address when its "cluster" switch is off; it reads the switch
+    from the environment at import time, so the module attribute is set for this process and
+    the variable for the processes Ray starts.
+    """
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool):
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.strategy import create_sampler, create_scheduler
+    from search.trainable import TrialSettings, train_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    searcher = _StudySearcher(study, create_sampler(study.search), storage)
+    settings = TrialSettings(
+        model_name=study.model.name,
+        in_chans=study.model.in_chans,
+        max_epochs=study.budget.max_epochs,
+        seed=study.search.seed,
+        cpus=study.resources.cpus,
+        gpus=study.resources.gpus,
+        normalization=prepared.normalization,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            train_trial, data=prepared.dataset, weights=prepared.weights, settings=settings
+        ),
+        {"cpu": study.resources.cpus, "gpu": study.resources.gpus},
+    )
+    display = _Progress(study, searcher, enabled=progress)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=study.search.concurrency),
+            scheduler=create_scheduler(study),
+            num_samples=study.budget.trials,
+            reuse_actors=True,
+            time_budget_s=study.budget.time_limit,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_FOLDER,
+            storage_path=str(run_dir),
+            verbose=0,
+            callbacks=[display],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    try:
+        with _quiet_tune_output():
+            tuner.fit()
+    finally:
+        searcher.fail_unfinished("the run ended before the trial finished")
+        display.close()
+    return searcher.optuna_study
+
+
+@contextlib.contextmanager
+def _quiet_tune_output():
+    """Turn off Ray Tune's own console tables and snapshot warnings while a study runs."""
+    quiet = {
+        # The legacy reporter prints nothing at verbose=0; the new one still prints paths.
+        "RAY_AIR_NEW_OUTPUT": "0",
+        # Keeping one checkpoint per trial forces frequent small snapshots; they are expected.
+        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    }
+    saved = {name: os.environ.get(name) for name in quiet}
+    os.environ.update(quiet)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _error_text(error: BaseException | None) -> str:
+    """Return the original exception of a trial error as ``Type: message`` on one line."""
+    if error is None:
+        return "the trial failed; see error.txt in its trial folder"
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip().splitlines()
+    message = text[-1] if text else ""
+    if type(cause).__name__ == "RayActorError" or "actor died" in message.lower():
+        return f"the trial's worker process died: {message}"
+    return f"{type(cause).__name__}: {message}" if message else type(cause).__name__
+
+
+class _StudySearcher(OptunaSearch):
+    """OptunaSearch that keeps one Optuna trial per Ray trial with the right final state."""
+
+    def __init__(self, study: Study, sampler, storage):
+        super().__init__(
+            space=study.space.suggest,
+            metric=study.objective.metric,
+            mode=study.objective.mode,
+            sampler=sampler,
+            study_name=study.name,
+            storage=storage,
+        )
+        self.study = study
+        self.numbers: dict[str, int] = {}
+
+    @property
+    def optuna_study(self):
+        return self._ot_study
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if trial_id not in self._ot_trials:
+            self._ot_trials[trial_id] = self._ot_study.ask()
+        ot_trial = self._ot_trials[trial_id]
+        config = resolve_config(self.study.space.suggest(ot_trial))
+        ot_trial.set_user_attr(CONFIG_ATTR, json.dumps(config, sort_keys=True))
+        ot_trial.set_user_attr("ray_trial_id", trial_id)
+        self.numbers[trial_id] = ot_trial.number
+        return {"trial": config, "number": ot_trial.number}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return
+        self._report(ot_trial, result)
+
+    def _report(self, ot_trial, result: dict) -> None:
+        """Store the epoch's objective value as an Optuna intermediate value."""
+        value, epoch = result.get(self._metric), result.get("epoch")
+        if isinstance(value, (int, float)) and math.isfinite(value) and epoch is not None:
+            ot_trial.report(float(value), int(epoch))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials or error:
+            # A failed trial is told by fail(), which the callback calls with the error.
+            return
+        result = result or {}
+        # Tune passes a trial's last result here instead of to on_trial_result.
+        self._report(ot_trial, result)
+        epoch = int(result.get("epoch") or 0)
+        value = result.get(self._metric)
+        finished = epoch >= self.study.budget.max_epochs
+        if finished and isinstance(value, (int, float)) and math.isfinite(value):
+            self._ot_study.tell(ot_trial, float(value))
+        else:
+            reason = (
+                f"stopped after epoch {epoch} of {self.study.budget.max_epochs} by the "
+                f"{self.study.search.scheduler} scheduler or the time limit"
+            )
+            ot_trial.set_user_attr(STOP_REASON_ATTR, reason)
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+    def fail(self, trial_id: str, reason: str) -> None:
+        """Mark the trial FAIL and keep ``reason`` in its ``fail_reason`` user attribute."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return
+        ot_trial.set_user_attr(FAIL_REASON_ATTR, reason[:4000])
+        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+        self._completed_trials.add(trial_id)
+
+    def fail_unfinished(self, reason: str) -> None:
+        """Mark FAIL every trial that was started but never finished."""
+        for trial_id in list(self._ot_trials):
+            self.fail(trial_id, reason)
+
+    def frozen_trial(self, trial_id: str):
+        """Return the stored Optuna trial of a Ray trial, or None."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return None
+        return self._ot_study._storage.get_trial(ot_trial._trial_id)
+
+
+class _Progress(Callback):
+    """A progress bar and one log line per finished trial."""
+
+    def __init__(self, study: Study, searcher: _StudySearcher, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        self.study = study
+        self.searcher = searcher
+        self.maximize = study.objective.resolved_direction == "maximize"
+        self.best: tuple[float, int] | None = None
+        self.running = 0
+        self.last_refresh = 0.0
+        self.bar = tqdm(
+            total=study.budget.trials,
+            desc=study.name,
+            unit="trial",
+            file=sys.stderr,
+            disable=not enabled or not sys.stderr.isatty(),
+            dynamic_ncols=True,
+        )
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running += 1
+        self._update_postfix()
+
+    def on_step(self, iteration, trials, **info):
+        now = time.monotonic()
+        if now - self.last_refresh > 1.0:
+            self.last_refresh = now
+            self.bar.refresh()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finished(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        try:
+            error = trial.get_pickled_error() or trial.get_error()
+        except Exception:  # noqa: BLE001 - an unreadable error file must not stop the study
+            error = None
+        self.searcher.fail(trial.trial_id, _error_text(error))
+        self._finished(trial)
+
+    def _finished(self, trial) -> None:
+        self.running = max(0, self.running - 1)
+        frozen = self.searcher.frozen_trial(trial.trial_id)
+        if frozen is None:
+            return
+        self.bar.update(1)
+        if frozen.state.name == "COMPLETE":
+            better = self.best is None or (
+                frozen.value > self.best[0] if self.maximize else frozen.value < self.best[0]
+            )
+            if better:
+                self.best = (frozen.value, frozen.number)
+        self._update_postfix()
+        logger.info(self._trial_line(frozen))
+
+    def _trial_line(self, frozen) -> str:
+        metric = self.study.objective.metric
+        epochs = len(frozen.intermediate_values)
+        best = "none yet" if self.best is None else f"{self.best[0]:.4f} (trial {self.best[1]})"
+        state = frozen.state.name
+        if state == "FAIL":
+            reason = frozen.user_attrs.get(FAIL_REASON_ATTR, "unknown error")
+            return f"Trial {frozen.number} FAIL after {epochs} epochs: {reason}; best {best}"
+        value = "none" if frozen.value is None else f"{frozen.value:.4f}"
+        return f"Trial {frozen.number} {state}: {metric} {value} after {epochs} epochs; best {best}"
+
+    def _update_postfix(self) -> None:
+        best = "-" if self.best is None else f"{self.best[0]:.4f}"
+        self.bar.set_postfix_str(f"best {best}, running {self.running}")
+
+    def close(self) -> None:
+        self.bar.close()

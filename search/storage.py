@@ -1,0 +1,88 @@
+"""The Optuna storage of a run: where it is, how it is shown in logs, and reading it back."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "RESOLVED_STUDY_FILE",
+    "STORAGE_FILE",
+    "mask_url",
+    "open_storage",
+    "open_run",
+    "storage_url",
+    "trial_config",
+]
+
+STORAGE_FILE = "study.db"
+RESOLVED_STUDY_FILE = "study.yaml"
+CONFIG_ATTR = "config"
+FAIL_REASON_ATTR = "fail_reason"
+STOP_REASON_ATTR = "stop_reason"
+
+
+def storage_url(study, run_dir: Path) -> str:
+    """Return the study's SQLAlchemy URL: its ``storage`` or SQLite in the run directory."""
+    if study.storage:
+        return study.storage
+    return f"sqlite:///{(Path(run_dir) / STORAGE_FILE).resolve()}"
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, for logs and messages."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid storage URL>"
+
+
+def open_storage(url: str):
+    """Return an Optuna RDB storage for ``url``; a SQLite file waits up to 60 s for locks."""
+    import optuna
+
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+def open_run(run_dir: str | Path):
+    """Load the Optuna study stored for the run in ``run_dir``.
+
+    Raises:
+        FileNotFoundError: when ``run_dir`` holds no run.
+    """
+    import optuna
+
+    from search.study import load_study
+
+    run_dir = Path(run_dir)
+    study_file = run_dir / RESOLVED_STUDY_FILE
+    if not study_file.is_file():
+        raise FileNotFoundError(
+            f"no run found in {str(run_dir)!r}: {RESOLVED_STUDY_FILE} is missing; give the run "
+            "directory that `ftsearch run` wrote (runs/<study name> by default)"
+        )
+    study = load_study(study_file)
+    url = storage_url(study, run_dir)
+    try:
+        optuna_study = optuna.load_study(study_name=study.name, storage=open_storage(url))
+    except KeyError:
+        raise FileNotFoundError(
+            f"the storage {mask_url(url)} has no study named {study.name!r}; the run in "
+            f"{str(run_dir)!r} has not started a trial yet"
+        ) from None
+    return study, optuna_study
+
+
+def trial_config(trial) -> dict[str, Any]:
+    """Return the configuration a stored trial was trained with, decoded from its attributes."""
+    return json.loads(trial.user_attrs.get(CONFIG_ATTR, "{}"))

@@ -1,0 +1,58 @@
+"""Optuna samplers and Ray Tune schedulers, built from a study's ``search`` section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["create_sampler", "create_scheduler"]
+
+
+def create_sampler(search, directions: int = 1) -> Any:
+    """Return the seeded Optuna sampler named by ``search.sampler``."""
+    import optuna
+
+    seed = search.seed
+    startup = {} if search.startup_trials is None else {"n_startup_trials": search.startup_trials}
+    if search.sampler == "tpe":
+        # constant_liar keeps concurrent trials from being sampled at the same point.
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, **startup)
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if search.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed)
+    if search.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, **startup)
+    if search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    raise ValueError(f"search.sampler: unknown sampler {search.sampler!r}")
+
+
+def create_scheduler(study) -> Any:
+    """Return the Ray Tune trial scheduler named by ``study.search.scheduler``.
+
+    Schedulers count time in epochs (the ``epoch`` the trainable reports).
+    """
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    search = study.search
+    metric, mode = study.objective.metric, study.objective.mode
+    if search.scheduler == "asha":
+        return ASHAScheduler(
+            time_attr="epoch",
+            metric=metric,
+            mode=mode,
+            max_t=study.budget.max_epochs,
+            grace_period=min(search.grace_period, study.budget.max_epochs),
+            reduction_factor=search.reduction_factor,
+        )
+    if search.scheduler == "median":
+        return MedianStoppingRule(
+            time_attr="epoch",
+            metric=metric,
+            mode=mode,
+            grace_period=search.grace_period,
+            min_samples_required=3,
+        )
+    if search.scheduler == "none":
+        return FIFOScheduler()
+    raise ValueError(f"search.scheduler: unknown scheduler {search.scheduler!r}")

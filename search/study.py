@@ -1,0 +1,365 @@
+"""Study files: loading, the ``Study`` object and validation of everything but the model.
+
+A study is a mapping of sections (see ``SECTIONS``); ``Study.from_dict`` checks every key and
+value and raises one ``StudyError`` that lists all problems at once. Checks that need timm
+(model names, weights, stage counts) live in :mod:`search.preflight`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spaces.params import Space, SpaceError, parse_space
+from spaces.terms import check_space
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Study", "StudyError", "load_study", "REPORTED_METRICS"]
+
+# Metrics the trainable reports after every epoch, with the direction that improves each.
+REPORTED_METRICS = {
+    "val_accuracy": "maximize",
+    "val_loss": "minimize",
+    "train_loss": "minimize",
+}
+SAMPLERS = ("tpe", "random", "qmc", "gp", "nsga2")
+SCHEDULERS = ("asha", "median", "none")
+DATA_SOURCES = ("digits",)
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class StudyError(ValueError):
+    """An invalid study; the message lists every problem with its key, value and fix."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            lines = "\n".join(f"  - {problem}" for problem in self.problems)
+            message = f"{len(self.problems)} problems in the study:\n{lines}"
+        super().__init__(message)
+
+
+def _option(kind: type | tuple[type, ...], check=None, **kwargs):
+    """Declare a study setting: its accepted types and an optional value check."""
+    return field(metadata={"kind": kind, "check": check}, **kwargs)
+
+
+def _positive(value):
+    return None if value > 0 else "must be greater than 0"
+
+
+def _at_least_one(value):
+    return None if value >= 1 else "must be at least 1"
+
+
+def _non_negative(value):
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _fraction(value):
+    return None if 0 < value < 1 else "must be between 0 and 1 (exclusive)"
+
+
+def _one_of(choices):
+    def check(value):
+        if value in choices:
+            return None
+        return f"is not valid; valid choices: {', '.join(choices)}"
+
+    return check
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The pretrained model: timm name, weight source, input size and normalization."""
+
+    name: str = _option(str)
+    pretrained: str | dict = _option((str, dict, type(None)), default="none")
+    image_size: int = _option(int, _at_least_one, default=224)
+    in_chans: int = _option(int, _one_of((1, 3)), default=3)
+    mean: list | None = _option((list, type(None)), default=None)
+    std: list | None = _option((list, type(None)), default=None)
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """The data set and how it is split into train, validation and test."""
+
+    source: str = _option(str, _one_of(DATA_SOURCES), default="digits")
+    val_fraction: float = _option((int, float), _fraction, default=0.2)
+    test_fraction: float = _option((int, float), _fraction, default=0.1)
+    seed: int = _option(int, default=0)
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    """The metric that ranks trials and whether larger is better."""
+
+    metric: str = _option(str, _one_of(tuple(REPORTED_METRICS)), default="val_accuracy")
+    direction: str | None = _option((str, type(None)), _one_of(("maximize", "minimize")), default=None)
+
+    @property
+    def mode(self) -> str:
+        """Ray Tune's word for the direction: ``max`` or ``min``."""
+        return "max" if self.resolved_direction == "maximize" else "min"
+
+    @property
+    def resolved_direction(self) -> str:
+        return self.direction or REPORTED_METRICS[self.metric]
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """How many trials, how many epochs each, and an optional wall-clock limit in seconds."""
+
+    trials: int = _option(int, _at_least_one, default=10)
+    max_epochs: int = _option(int, _at_least_one, default=3)
+    time_limit: float | None = _option((int, float, type(None)), _positive, default=None)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The Optuna sampler, the Ray Tune scheduler, concurrency and the seed."""
+
+    sampler: str = _option(str, _one_of(SAMPLERS), default="tpe")
+    scheduler: str = _option(str, _one_of(SCHEDULERS), default="asha")
+    concurrency: int = _option(int, _at_least_one, default=1)
+    seed: int = _option(int, default=0)
+    startup_trials: int | None = _option((int, type(None)), _non_negative, default=None)
+    grace_period: int = _option(int, _at_least_one, default=1)
+    reduction_factor: int = _option(int, lambda v: None if v >= 2 else "must be at least 2", default=2)
+
+
+@dataclass(frozen=True)
+class ResourceSettings:
+    """CPUs and GPUs reserved for each trial; fractions share a device between trials."""
+
+    cpus: float = _option((int, float), _positive, default=1)
+    gpus: float = _option((int, float), _non_negative, default=0)
+
+
+SECTIONS = {
+    "model": ModelSettings,
+    "data": DataSettings,
+    "objective": ObjectiveSettings,
+    "budget": BudgetSettings,
+    "search": SearchSettings,
+    "resources": ResourceSettings,
+}
+TOP_LEVEL_KEYS = ("name", *SECTIONS, "storage", "space")
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study. Build one with ``Study.from_dict`` or ``load_study``."""
+
+    name: str
+    model: ModelSettings
+    data: DataSettings
+    objective: ObjectiveSettings
+    budget: BudgetSettings
+    search: SearchSettings
+    resources: ResourceSettings
+    space: Space
+    storage: str | None = None
+    source: Path | None = None
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any], source: Path | None = None) -> Study:
+        """Validate ``mapping`` (a parsed study file) and return the study.
+
+        Raises:
+            StudyError: listing every problem found.
+        """
+        problems: list[str] = []
+        if not isinstance(mapping, Mapping):
+            raise StudyError(
+                f"a study must be a mapping of sections, got {type(mapping).__name__}; "
+                f"start from studies/digits.yaml"
+            )
+        for key in mapping:
+            if key not in TOP_LEVEL_KEYS:
+                problems.append(_unknown_key(key, TOP_LEVEL_KEYS, "study"))
+        name = mapping.get("name")
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            problems.append(
+                f"name: invalid value {name!r}; give the study a name of letters, digits, "
+                "'_', '.' or '-' (it names the run directory and the Optuna study)"
+            )
+        sections = {}
+        for key, settings_class in SECTIONS.items():
+            sections[key] = _parse_section(settings_class, mapping.get(key), key, problems)
+        storage = mapping.get("storage")
+        if storage is not None and (not isinstance(storage, str) or "://" not in storage):
+            problems.append(
+                f"storage: invalid value {storage!r}; give an SQLAlchemy URL such as "
+                "sqlite:////abs/path/study.db or postgresql://user@host/db, or leave it out "
+                "for SQLite in the run directory"
+            )
+        space = Space({})
+        try:
+            space = parse_space(mapping.get("space"), "space")
+        except SpaceError as error:
+            problems.append(str(error))
+        problems += check_space(space)
+        problems += _check_across_sections(sections)
+        if problems:
+            raise StudyError(problems)
+        study = cls(name=name, space=space, storage=storage, source=source, **sections)
+        study._warn_about_replaced_settings()
+        return study
+
+    def _warn_about_replaced_settings(self) -> None:
+        if self.search.concurrency > self.budget.trials:
+            logger.warning(
+                "search.concurrency %d is more than budget.trials %d; at most %d trials run at once",
+                self.search.concurrency,
+                self.budget.trials,
+                self.budget.trials,
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fully resolved study as plain data, defaults included."""
+        data: dict[str, Any] = {"name": self.name}
+        for key in SECTIONS:
+            data[key] = dataclasses.asdict(getattr(self, key))
+        data["storage"] = self.storage
+        data["space"] = self.space.to_spec()
+        return data
+
+    def to_yaml(self) -> str:
+        """Return the resolved study as YAML that ``load_study`` reads back unchanged."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+    def replace(self, **changes: Any) -> Study:
+        """Return a validated copy with top-level keys or whole sections replaced."""
+        data = self.to_dict()
+        data.update(copy.deepcopy(changes))
+        return Study.from_dict(data, source=self.source)
+
+    @property
+    def backbones(self) -> list[str]:
+        """Every timm model name a trial may build."""
+        if "backbone" in self.space:
+            return [name for name in self.space["backbone"].values() if isinstance(name, str)]
+        return [self.model.name]
+
+
+def _check_across_sections(sections: dict[str, Any]) -> list[str]:
+    """Return problems that involve settings of different sections."""
+    problems = []
+    data, model = sections["data"], sections["model"]
+    if data is not None and data.val_fraction + data.test_fraction >= 1:
+        problems.append(
+            f"data: data.val_fraction {data.val_fraction} + data.test_fraction "
+            f"{data.test_fraction} leave no training images; keep their sum below 1"
+        )
+    if model is not None:
+        for name in ("mean", "std"):
+            values = getattr(model, name)
+            if values is None:
+                continue
+            valid = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            if not valid or len(values) not in (1, model.in_chans) or (name == "std" and min(values) <= 0):
+                problems.append(
+                    f"model.{name}: invalid value {values!r}; give {model.in_chans} numbers, one "
+                    f"per channel{' (each greater than 0)' if name == 'std' else ''}"
+                )
+    return problems
+
+
+def _unknown_key(key: Any, valid: tuple[str, ...], where: str) -> str:
+    last = str(key).rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(last, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{key}: unknown key in {where}{hint}; valid keys: {', '.join(valid)}"
+
+
+def _parse_section(settings_class, mapping: Any, key: str, problems: list[str]):
+    """Build one settings section, appending each problem to ``problems``."""
+    fields = {setting.name: setting for setting in dataclasses.fields(settings_class)}
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, Mapping):
+        problems.append(f"{key}: expected a mapping, got {type(mapping).__name__} {mapping!r}")
+        mapping = {}
+    values = {}
+    complete = True
+    for name, value in mapping.items():
+        if name not in fields:
+            problems.append(_unknown_key(f"{key}.{name}", tuple(fields), key))
+            continue
+        value, problem = _coerce_setting(fields[name], value)
+        if problem:
+            problems.append(f"{key}.{name}: {problem}")
+            complete = False
+            continue
+        values[name] = value
+    for name, setting in fields.items():
+        if name not in mapping and setting.default is dataclasses.MISSING:
+            problems.append(f"{key}.{name}: missing; this setting is required")
+            complete = False
+    return settings_class(**values) if complete else None
+
+
+def _coerce_setting(setting: dataclasses.Field, value: Any) -> tuple[Any, str | None]:
+    """Return ``value`` converted to the setting's type, or a problem text."""
+    kind = setting.metadata["kind"]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    numeric = int in kinds or float in kinds
+    if isinstance(value, str) and numeric and str not in kinds:
+        # YAML 1.1 reads 1e-4 (no dot) as text.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, float) and int in kinds and float not in kinds and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        return value, f"expected {_kind_text(kinds)}, got {type(value).__name__} {value!r}"
+    check = setting.metadata["check"]
+    if check is not None and value is not None:
+        problem = check(value)
+        if problem:
+            return value, f"{value!r} {problem}"
+    return value, None
+
+
+def _kind_text(kinds: tuple[type, ...]) -> str:
+    words = {
+        int: "an integer",
+        float: "a number",
+        str: "text",
+        dict: "a mapping",
+        list: "a list",
+        type(None): "null",
+    }
+    texts = []
+    for kind in kinds:
+        if words[kind] not in texts:
+            texts.append(words[kind])
+    return " or ".join(texts)
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study file (YAML, read with ``yaml.safe_load``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"study file {str(path)!r} not found; give the path of a .yaml study file")
+    try:
+        mapping = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise StudyError(f"{path}: invalid YAML: {error}") from None
+    return Study.from_dict(mapping, source=path.resolve())
