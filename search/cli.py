@@ -96,6 +96,8 @@ def _print_best(summary: dict | None) -> None:
         return
     print(f"Best trial {summary['trial']}: {summary['metric']} {summary['value']:.4f} after {summary['epochs']} epochs")
     for name, value in summary["config"].items():
+        if value is None:
+            continue
         print(f"  {name}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
 
 

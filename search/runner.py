@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -216,16 +217,21 @@ def _quiet_tune_output():
                 os.environ[name] = value
 
 
-def _error_text(error: BaseException | None) -> str:
-    """Return the original exception of a trial error as ``Type: message`` on one line."""
-    if error is None:
-        return "the trial failed; see error.txt in its trial folder"
-    cause = getattr(error, "cause", None) or error
-    text = str(cause).strip().splitlines()
-    message = text[-1] if text else ""
-    if type(cause).__name__ == "RayActorError" or "actor died" in message.lower():
-        return f"the trial's worker process died: {message}"
-    return f"{type(cause).__name__}: {message}" if message else type(cause).__name__
+def _trial_error_text(trial) -> str:
+    """Return the last line of a failed trial's error, the ``Type: message`` line of its cause."""
+    fallback = "the trial failed without an error message; see error.txt in its trial folder"
+    path = getattr(trial, "error_file", None)
+    if not path or not os.path.isfile(path):
+        return fallback
+    with open(path, encoding="utf-8", errors="replace") as file:
+        lines = [line.strip() for line in file if line.strip()]
+    if not lines:
+        return fallback
+    last = lines[-1]
+    if "RayActorError" in last or "actor died" in last.lower():
+        return f"the trial's worker process died: {last}"
+    # "package.module.TypeName: message" becomes "TypeName: message".
+    return re.sub(r"^(?:[A-Za-z_][\w]*\.)+(?=[A-Za-z_]\w*: )", "", last)
 
 
 class _StudySearcher(OptunaSearch):
@@ -241,7 +247,7 @@ class _StudySearcher(OptunaSearch):
             storage=storage,
         )
         self.study = study
-        self.numbers: dict[str, int] = {}
+        self.reported_epochs: dict[str, int] = {}
 
     @property
     def optuna_study(self):
@@ -254,20 +260,23 @@ class _StudySearcher(OptunaSearch):
         config = resolve_config(self.study.space.suggest(ot_trial))
         ot_trial.set_user_attr(CONFIG_ATTR, json.dumps(config, sort_keys=True))
         ot_trial.set_user_attr("ray_trial_id", trial_id)
-        self.numbers[trial_id] = ot_trial.number
         return {"trial": config, "number": ot_trial.number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials:
             return
-        self._report(ot_trial, result)
+        self._report(trial_id, result)
 
-    def _report(self, ot_trial, result: dict) -> None:
-        """Store the epoch's objective value as an Optuna intermediate value."""
+    def _report(self, trial_id: str, result: dict) -> None:
+        """Store the epoch's objective value as an Optuna intermediate value, once per epoch."""
         value, epoch = result.get(self._metric), result.get("epoch")
-        if isinstance(value, (int, float)) and math.isfinite(value) and epoch is not None:
-            ot_trial.report(float(value), int(epoch))
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or epoch is None:
+            return
+        if self.reported_epochs.get(trial_id, 0) >= int(epoch):
+            return
+        self._ot_trials[trial_id].report(float(value), int(epoch))
+        self.reported_epochs[trial_id] = int(epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
@@ -275,8 +284,8 @@ class _StudySearcher(OptunaSearch):
             # A failed trial is told by fail(), which the callback calls with the error.
             return
         result = result or {}
-        # Tune passes a trial's last result here instead of to on_trial_result.
-        self._report(ot_trial, result)
+        # Tune passes the last result of a stopped trial here instead of to on_trial_result.
+        self._report(trial_id, result)
         epoch = int(result.get("epoch") or 0)
         value = result.get(self._metric)
         finished = epoch >= self.study.budget.max_epochs
@@ -348,11 +357,7 @@ class _Progress(Callback):
         self._finished(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        try:
-            error = trial.get_pickled_error() or trial.get_error()
-        except Exception:  # noqa: BLE001 - an unreadable error file must not stop the study
-            error = None
-        self.searcher.fail(trial.trial_id, _error_text(error))
+        self.searcher.fail(trial.trial_id, _trial_error_text(trial))
         self._finished(trial)
 
     def _finished(self, trial) -> None:

@@ -45,7 +45,7 @@ def test_tiny_study_is_valid():
         ({"space": {"activation": {"choices": []}}}, "space.activation.choices: empty choice list"),
         (
             {"space": {"activation": {"choices": ["relu", "swishy"]}}},
-            "space.activation: unknown activation 'swishy'; valid names: gelu, hard_swish, leaky_relu, mish, relu, relu6, silu",
+            "space.activation: unknown activation 'swishy' (did you mean hard_swish, mish?); valid names: gelu, hard_swish, leaky_relu, mish, relu, relu6, silu",
         ),
         (
             {"space": {"head": {"choices": ["linear", "transformer"]}}},
