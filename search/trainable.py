@@ -80,17 +80,10 @@ def train_trial(config: dict[str, Any], data, weights: dict, settings: TrialSett
 
 def _build(trial_config, backbone, num_classes, weights, settings):
     from search.model import build_model
+    from spaces.terms import model_config
 
     model, _ = build_model(
-        backbone,
-        num_classes,
-        {
-            "activation": trial_config.get("activation"),
-            "head": trial_config.get("head"),
-            "frozen_stages": trial_config.get("frozen_stages", 0),
-        },
-        weights=weights,
-        in_chans=settings.in_chans,
+        backbone, num_classes, model_config(trial_config), weights=weights, in_chans=settings.in_chans
     )
     return model
 

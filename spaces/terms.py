@@ -24,7 +24,7 @@ from spaces.params import (
     SpaceError,
 )
 
-__all__ = ["TERMS", "Term", "check_space", "resolve_config"]
+__all__ = ["TERMS", "Term", "check_space", "model_config", "resolve_config"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,8 @@ class Term:
 
     ``kind`` is ``"float"``, ``"int"``, ``"name"`` (text from a registry) or ``"head"``
     (a classifier head with its own parameters). ``rule`` returns None for a valid value, or
-    text that completes "must ...".
+    text that completes "must ...". ``target`` says what consumes the term: ``"model"`` terms
+    go to ``search.model.build_model``, ``"training"`` terms to the training loop.
     """
 
     name: str
@@ -42,6 +43,7 @@ class Term:
     description: str
     rule: Callable[[Any], str | None] | None = None
     names: Callable[[], list[str]] | None = None
+    target: str = "training"
 
     def check(self, param: Param, key: str) -> list[str]:
         """Return the problems of ``param`` as used for this term (empty when valid)."""
@@ -125,15 +127,16 @@ def _at_least(low: int) -> Callable[[Any], str | None]:
 TERMS: dict[str, Term] = {
     term.name: term
     for term in [
-        Term("backbone", "name", None, "timm model name; defaults to the study's model.name"),
+        Term("backbone", "name", None, "timm model name; defaults to the study's model.name", target="backbone"),
         Term(
             "activation",
             "name",
             None,
             "activation swapped into every activation module of the model; none keeps its own",
             names=lambda: sorted(modules.ACTIVATIONS),
+            target="model",
         ),
-        Term("head", "head", {"name": "linear"}, "classifier head and its parameters"),
+        Term("head", "head", {"name": "linear"}, "classifier head and its parameters", target="model"),
         Term("lr", "float", 1.0e-3, "base learning rate of AdamW", rule=_positive),
         Term("weight_decay", "float", 0.01, "AdamW weight decay", rule=_between(0.0, 1.0)),
         Term(
@@ -150,6 +153,7 @@ TERMS: dict[str, Term] = {
             0,
             "0 trains everything; k > 0 freezes the stem and the first k stages",
             rule=_at_least(0),
+            target="model",
         ),
     ]
 }
@@ -248,6 +252,11 @@ def _resolve_head(value: Any) -> dict[str, Any]:
     resolved.update({spec.name: spec.default for spec in entry.params})
     resolved.update({k: v for k, v in value.items() if k != "name"})
     return resolved
+
+
+def model_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the part of a resolved trial configuration that builds the model."""
+    return {name: config[name] for name, term in TERMS.items() if term.target == "model" and name in config}
 
 
 def describe_categorical(param: Categorical) -> str:
