@@ -145,3 +145,25 @@ def test_diverging_trial_fails_with_reason(ray_session, tmp_path):
         assert reason.startswith("TrialDiverged: training loss became")
         assert "lower the learning rate" in reason
     assert result.best_trial is None
+
+
+def test_best_checkpoint_reproduces_validation_accuracy(finished_run):
+    import numpy as np
+    import torch
+
+    from search.checkpoints import load_trial_model
+    from search.preflight import prepare
+
+    study, result = finished_run
+    prepared = prepare(study)
+    dataset = prepared.dataset
+    best = result.best_trial
+    loaded = load_trial_model(result.run_dir, study, best, dataset.num_classes, prepared.normalization)
+    assert loaded.epoch == MAX_EPOCHS
+    mean = torch.tensor(loaded.mean).view(1, -1, 1, 1)
+    std = torch.tensor(loaded.std).view(1, -1, 1, 1)
+    images = (torch.from_numpy(dataset.val_x).float() / 255.0 - mean) / std
+    with torch.inference_mode():
+        predicted = loaded.model(images).argmax(dim=1).numpy()
+    accuracy = float(np.mean(predicted == dataset.val_y))
+    assert accuracy == pytest.approx(best.value, abs=1e-6)
