@@ -1,0 +1,242 @@
+"""Benchmarks of ftsearch's engine, each reported as a ratio measured side by side in one run.
+
+Usage:
+    python benchmarks/run.py [--quick] [--only NAME ...]
+
+Prints one Markdown table row per benchmark: name, what was measured, the ratio and its goal.
+``--quick`` shortens every benchmark so that all of them finish in a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import torch  # noqa: E402
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _tiny_study(name: str, trials: int, concurrency: int, image_size: int, extra_space=None):
+    from search.study import Study
+
+    space = {"lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}, "batch_size": 64}
+    space.update(extra_space or {})
+    return Study.from_dict(
+        {
+            "name": name,
+            "model": {"name": "resnet10t", "image_size": image_size},
+            "budget": {"trials": trials, "max_epochs": 1},
+            "search": {"concurrency": concurrency, "scheduler": "none", "sampler": "random"},
+            "resources": {"cpus": 1},
+            "space": space,
+        }
+    )
+
+
+def bench_training_step(quick: bool) -> dict:
+    """A trial's training step against a bare timm loop on the same model, batch and threads."""
+    import timm
+    from timm.optim import create_optimizer_v2
+
+    from search.data import load_dataset
+    from search.study import DataSettings
+    from search.trainable import TrialSettings, _TrainingLoop
+
+    threads, batch, size, steps = 1, 64, 32, (15 if quick else 40)
+    torch.set_num_threads(threads)
+    dataset = load_dataset(DataSettings(), size, 3)
+    settings = TrialSettings("resnet10t", 3, 1, 0, threads, 0, {"resnet10t": ((0.5,) * 3, (0.5,) * 3)})
+    config = {"batch_size": batch, "lr": 1e-3, "weight_decay": 0.01, "label_smoothing": 0.0}
+
+    def ftsearch_step_time() -> float:
+        torch.manual_seed(0)
+        model = timm.create_model("resnet10t", num_classes=10)
+        loop = _TrainingLoop(model, config, dataset, settings, "resnet10t", torch.device("cpu"))
+        loop.steps_per_epoch = steps
+        started = time.perf_counter()
+        loop.train_epoch(0)
+        return (time.perf_counter() - started) / steps
+
+    def bare_step_time() -> float:
+        torch.manual_seed(0)
+        model = timm.create_model("resnet10t", num_classes=10)
+        optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.01)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        images = (torch.from_numpy(dataset.train_x[: batch * steps]).float() / 255 - 0.5) / 0.5
+        labels = torch.from_numpy(dataset.train_y[: batch * steps])
+        model.train()
+        started = time.perf_counter()
+        for step in range(steps):
+            x, y = images[step * batch : (step + 1) * batch], labels[step * batch : (step + 1) * batch]
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return (time.perf_counter() - started) / steps
+
+    ours, bare = [], []
+    for _ in range(3 if quick else 5):  # interleaved, so drift in machine load hits both alike
+        ours.append(ftsearch_step_time())
+        bare.append(bare_step_time())
+    ratio = statistics.median(ours) / statistics.median(bare)
+    return {
+        "name": "training step",
+        "measured": (
+            f"resnet10t {size} px, batch {batch}, {threads} thread: ftsearch "
+            f"{statistics.median(ours) * 1000:.1f} ms vs bare timm loop {statistics.median(bare) * 1000:.1f} ms per step"
+        ),
+        "ratio": ratio,
+        "goal": "<= 1.05",
+    }
+
+
+def _run_study(study, folder: Path):
+    from search.runner import run
+
+    started = time.perf_counter()
+    result = run(study, run_dir=folder / study.name, progress=False)
+    wall = time.perf_counter() - started
+    return result, wall
+
+
+def _trial_work_seconds(run_dir: Path) -> list[float]:
+    """Return each trial's time inside the trainable, as Ray Tune recorded it."""
+    import json
+
+    seconds = []
+    for result_file in sorted((run_dir / "tune").glob("trial_*/result.json")):
+        lines = [line for line in result_file.read_text().splitlines() if line.strip()]
+        if lines:
+            seconds.append(json.loads(lines[-1])["time_total_s"])
+    return seconds
+
+
+def bench_engine_overhead(quick: bool, folder: Path) -> dict:
+    """Study wall time over the ideal: total trial work divided by concurrency."""
+    trials = 12 if quick else 40
+    study = _tiny_study("overhead", trials, 2, image_size=16)
+    result, wall = _run_study(study, folder)
+    work = _trial_work_seconds(result.run_dir)
+    ideal = sum(work) / 2
+    return {
+        "name": "engine overhead",
+        "measured": (
+            f"{trials} trials of {statistics.mean(work):.2f} s mean work, 2 concurrent: study "
+            f"{wall:.1f} s (Ray start and data included) vs ideal {ideal:.1f} s"
+        ),
+        "ratio": wall / ideal,
+        "goal": "<= 1.10",
+    }
+
+
+def bench_parallel_scaling(quick: bool, folder: Path) -> dict:
+    """Throughput of 2 concurrent trials over 1 on this machine."""
+    trials = 4 if quick else 8
+    _, one = _run_study(_tiny_study("serial", trials, 1, image_size=32), folder)
+    _, two = _run_study(_tiny_study("parallel", trials, 2, image_size=32), folder)
+    return {
+        "name": "parallel scaling",
+        "measured": f"{trials} trials of 1 epoch at 32 px, 1 CPU each: 1 at a time {one:.1f} s, 2 at a time {two:.1f} s",
+        "ratio": one / two,
+        "goal": "close to 2 on 2 cores",
+    }
+
+
+def _suggest_seconds(storage, completed: int, asks: int) -> float:
+    """Return the mean time of one ask + suggest on the digits space after ``completed`` trials."""
+    from search.study import load_study
+
+    space = load_study(Path(__file__).resolve().parents[1] / "studies" / "digits.yaml").space
+    study = optuna.create_study(
+        storage=storage,
+        sampler=optuna.samplers.TPESampler(seed=0, constant_liar=True),
+        direction="maximize",
+    )
+    rng = np.random.default_rng(0)
+    filler = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(completed):
+        trial = filler.ask()
+        space.suggest(trial)
+        filler.tell(trial, float(rng.random()))
+    study.add_trials(filler.trials)
+    started = time.perf_counter()
+    for _ in range(asks):
+        trial = study.ask()
+        space.suggest(trial)
+        study.tell(trial, float(rng.random()))
+    return (time.perf_counter() - started) / asks
+
+
+def bench_sampler_scaling(quick: bool, folder: Path) -> list[dict]:
+    """TPE suggest time at 1000 trials over 100, and SQLite storage over in-memory."""
+    asks = 5 if quick else 20
+    large = 300 if quick else 1000
+    memory_small = _suggest_seconds(None, 100, asks)
+    memory_large = _suggest_seconds(None, large, asks)
+    sqlite_small = _suggest_seconds(f"sqlite:///{folder / 'scaling.db'}", 100, asks)
+    return [
+        {
+            "name": "sampler scaling",
+            "measured": (
+                f"TPE ask + suggest on the digits space, in memory: {memory_small * 1000:.0f} ms at 100 "
+                f"trials, {memory_large * 1000:.0f} ms at {large}"
+            ),
+            "ratio": memory_large / memory_small,
+            "goal": "record",
+        },
+        {
+            "name": "storage",
+            "measured": (
+                f"ask + suggest + tell at 100 trials: SQLite {sqlite_small * 1000:.0f} ms, in memory "
+                f"{memory_small * 1000:.0f} ms"
+            ),
+            "ratio": sqlite_small / memory_small,
+            "goal": "record",
+        },
+    ]
+
+
+BENCHMARKS = ("training_step", "engine_overhead", "parallel_scaling", "sampler_scaling")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run ftsearch's benchmarks and print Markdown rows.")
+    parser.add_argument("--quick", action="store_true", help="short versions of every benchmark")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
+    args = parser.parse_args()
+    chosen = args.only or BENCHMARKS
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ftsearch-bench-") as folder:
+        folder = Path(folder)
+        for name in chosen:
+            started = time.perf_counter()
+            if name == "training_step":
+                found = bench_training_step(args.quick)
+            else:
+                found = globals()[f"bench_{name}"](args.quick, folder)
+            for row in found if isinstance(found, list) else [found]:
+                row["seconds"] = time.perf_counter() - started
+                rows.append(row)
+                print(f"{row['name']}: ratio {row['ratio']:.2f} ({row['measured']})", file=sys.stderr, flush=True)
+    print(f"\nMachine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"torch {torch.__version__}, optuna {optuna.__version__}")
+    print("\n| benchmark | measured | ratio | goal |\n| --- | --- | --- | --- |")
+    for row in rows:
+        print(f"| {row['name']} | {row['measured']} | {row['ratio']:.2f} | {row['goal']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
