@@ -148,12 +148,16 @@ def check_factory_study(mapping: Mapping, sections: dict[str, Any], space: Space
         problems += _check_model_settings(model, space)
     if data is not None and data.factory is not None:
         problems += _check_path(data.factory, "data.factory", "load_wine")
-        source_default = _field_default(type(data), "source")
-        if "source" in raw_data and raw_data["source"] != source_default:
-            problems.append(
-                f"data: both data.source {raw_data['source']!r} and data.factory "
-                f"{data.factory!r} are given; keep one of them"
-            )
+    # A resolved study file repeats the default source beside the factory, so only another
+    # source conflicts with it.
+    from search.study import DataSettings
+
+    source = raw_data.get("source", _field_default(DataSettings, "source"))
+    if raw_data.get("factory") is not None and source != _field_default(DataSettings, "source"):
+        problems.append(
+            f"data: both data.source {source!r} and data.factory {raw_data['factory']!r} are "
+            "given; keep one of them"
+        )
     return problems
 
 
