@@ -60,7 +60,7 @@ def _command_validate(args: argparse.Namespace) -> int:
     print(f"  data: {prepared.dataset.describe()}")
     if study.model.factory is not None:
         print(f"  model: {study.model.factory}, built by the model factory")
-    for backbone in [] if study.model.factory is not None else study.backbones:
+    for backbone in study.backbones:
         print(f"  model: {backbone}, weights {pretrained_source(study, backbone)}, {study.model.image_size} px")
     searched = [name for name in study.space if study.space[name].searched]
     print(f"  space: {', '.join(searched) or 'nothing searched'}")

@@ -24,7 +24,7 @@ study's ``DataSettings`` (``val_fraction``, ``test_fraction``, ``seed``). It ret
 ``x`` is a NumPy array, a torch tensor or anything ``numpy.asarray`` takes, with one row per
 sample. uint8 arrays of shape (N, C, H, W) are images: the trainable scales them by 1/255 and
 normalizes them with ``model.mean`` and ``model.std``. Any other numeric array is a feature
-array: it is stored as float32 and reaches the model unchanged. ``y`` holds integer class
+array: it is stored as float32 and reaches the model unchanged. ``y`` contains integer class
 indices from 0. The arrays go to every trial through Ray's object store, so the data is
 loaded and converted once per study.
 
@@ -71,6 +71,7 @@ __all__ = [
     "drop_timm_only_terms",
     "load_factory",
     "load_factory_dataset",
+    "load_factory_trial_model",
     "parse_study_space",
     "prepare_factory_model",
     "timm_only_terms",
@@ -88,7 +89,7 @@ CHECK_BATCH = 2
 
 @dataclass(frozen=True)
 class DataInfo:
-    """What a model factory learns about the data: class names, sample shape and input kind."""
+    """The data description a model factory receives: class names, sample shape, input kind."""
 
     classes: tuple[str, ...]
     input_shape: tuple[int, ...]
@@ -253,8 +254,8 @@ def load_factory(path: str, key: str, study) -> Callable:
         target = getattr(target, attribute)
     if not callable(target):
         raise StudyError(
-            f"{key}: {path} is a {type(target).__name__}, not a function; name a function "
-            "(or a class) that returns what the factory contract expects"
+            f"{key}: {path} is not callable (it is the {type(target).__name__} {target!r}); "
+            "name a function or a class that returns what the factory contract expects"
         )
     _register_by_value(folder, set(sys.modules) - before | {module_name})
     return target
@@ -402,28 +403,28 @@ def _read_result(result: Any, key: str, path: str) -> tuple[dict[str, tuple], An
     return splits, classes
 
 
-def _pair(value: Any, key: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+def _pair(value: Any, key: str, part: str) -> tuple[np.ndarray, np.ndarray]:
     from search.study import StudyError
 
     if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise StudyError(f"{key}: {what} is {type(value).__name__}; expected a pair (x, y) of samples and labels")
-    x, y = (_as_array(item, key, f"{what} {name}") for item, name in zip(value, "xy"))
+        raise StudyError(f"{key}: {part} is {type(value).__name__}; expected a pair (x, y) of samples and labels")
+    x, y = (_as_array(item, key, f"{part} {name}") for item, name in zip(value, "xy"))
     if x.ndim < 2:
         raise StudyError(
-            f"{key}: {what} x has shape {x.shape}; expected one row per sample, such as (N, F) "
+            f"{key}: {part} x has shape {x.shape}; expected one row per sample, such as (N, F) "
             "features (reshape one feature with x[:, None])"
         )
     if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or len(y) == 0):
         raise StudyError(
-            f"{key}: {what} y has shape {y.shape} and dtype {y.dtype}; expected one integer class "
+            f"{key}: {part} y has shape {y.shape} and dtype {y.dtype}; expected one integer class "
             "index per sample, shape (N,)"
         )
     if len(x) != len(y):
-        raise StudyError(f"{key}: {what} has {len(x)} samples but {len(y)} labels; give one label per sample")
+        raise StudyError(f"{key}: {part} has {len(x)} samples but {len(y)} labels; give one label per sample")
     return x, y.astype(np.int64)
 
 
-def _as_array(value: Any, key: str, what: str) -> np.ndarray:
+def _as_array(value: Any, key: str, part: str) -> np.ndarray:
     from search.study import StudyError
 
     if hasattr(value, "detach") and hasattr(value, "numpy"):
@@ -431,9 +432,9 @@ def _as_array(value: Any, key: str, what: str) -> np.ndarray:
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as error:
-        raise StudyError(f"{key}: {what} is not an array ({error}); return a NumPy array or a tensor") from None
+        raise StudyError(f"{key}: {part} is not an array ({error}); return a NumPy array or a tensor") from None
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-        raise StudyError(f"{key}: {what} has dtype {array.dtype}; expected numbers")
+        raise StudyError(f"{key}: {part} has dtype {array.dtype}; expected numbers")
     return array
 
 
@@ -492,6 +493,26 @@ def build_factory_model(factory: Callable, config: Mapping[str, Any], dataset):
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"the model factory returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def load_factory_trial_model(run_dir, study, trial, prepared):
+    """Rebuild a trial's factory model from its configuration and load its last checkpoint.
+
+    ``prepared`` is what ``search.preflight.prepare`` returns for ``study``: the model factory
+    and the data set whose description the factory receives.
+    """
+    import torch
+
+    from search.checkpoints import TrialModel, find_checkpoint
+    from search.storage import trial_config
+
+    config = trial_config(trial)
+    state = torch.load(find_checkpoint(run_dir, trial), map_location="cpu", weights_only=True)
+    model = build_factory_model(prepared.model_factory, config, prepared.dataset)
+    model.load_state_dict(state["model"])
+    model.eval()
+    mean, std = prepared.normalization[study.model.factory]
+    return TrialModel(model, config, study.model.factory, int(state["epoch"]), mean, std)
 
 
 def prepare_factory_model(study, load_data: bool = True):

@@ -258,7 +258,9 @@ class Study:
 
     @property
     def backbones(self) -> list[str]:
-        """Every timm model name a trial may build."""
+        """Every timm model name a trial may build; none when model.factory builds the model."""
+        if self.model.factory is not None:
+            return []
         if "backbone" in self.space:
             return [name for name in self.space["backbone"].values() if isinstance(name, str)]
         return [self.model.name]

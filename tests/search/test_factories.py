@@ -18,7 +18,7 @@ from spaces.terms import TERMS
 
 REPO = Path(__file__).resolve().parents[2]
 WINE_STUDY = REPO / "studies" / "wine_mlp.yaml"
-# Each test imports its own copy of the factory module, so no test sees another's cached import.
+# Each test imports its own copy of the factory module, so no test reuses another's cached import.
 MODULE_NUMBERS = itertools.count()
 
 FACTORY_MODULE = """
@@ -254,8 +254,8 @@ def test_missing_function_suggests_names(factory_study):
 def test_data_factory_not_callable(factory_study):
     study = factory_study(data="VALUE")
     assert problem_of(study) == (
-        f"data.factory: {factory_study.module}:VALUE is a int, not a function; name a function "
-        "(or a class) that returns what the factory contract expects"
+        f"data.factory: {factory_study.module}:VALUE is not callable (it is the int 3); name a "
+        "function or a class that returns what the factory contract expects"
     )
 
 
@@ -428,3 +428,21 @@ def test_wine_best_export_fixes_factory_params(wine_run, tmp_path, capsys):
     best_params = json.loads(result.best_trial.user_attrs["config"])["factory_params"]
     fixed = exported.space["factory_params"].space
     assert {name: fixed[name].value for name in fixed} == best_params
+
+
+@pytest.mark.slow
+def test_wine_checkpoint_reproduces_accuracy(wine_run):
+    import numpy as np
+    import torch
+
+    from search.factories import load_factory_trial_model
+
+    study, result = wine_run
+    prepared = prepare(study)
+    best = result.best_trial
+    loaded = load_factory_trial_model(result.run_dir, study, best, prepared)
+    assert loaded.epoch == study.budget.max_epochs
+    with torch.inference_mode():
+        predicted = loaded.model(torch.from_numpy(prepared.dataset.val_x)).argmax(dim=1).numpy()
+    accuracy = float(np.mean(predicted == prepared.dataset.val_y))
+    assert accuracy == pytest.approx(best.value, abs=1e-9)
