@@ -263,6 +263,8 @@ def load_factory(path: str, key: str, study) -> Callable:
 
 def study_folder(study) -> Path:
     """Return the folder that factory modules beside the study file are imported from."""
+    # NOTE: a run directory's study.yaml and an exported best study name the same module but
+    # sit elsewhere, so running them needs the original folder as the current one or on PYTHONPATH.
     if study.source is not None:
         return Path(study.source).resolve().parent
     return Path.cwd()
