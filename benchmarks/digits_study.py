@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import optuna
+import yaml
 
 
 def main() -> int:
@@ -25,7 +26,9 @@ def main() -> int:
     parser.add_argument("--study", default="studies/digits.yaml")
     parser.add_argument("--run-dir", default=None, help="default: a new temporary folder")
     args = parser.parse_args()
-    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="ftsearch-bench-")) / "digits"
+    # Any study file works, such as studies/wine_mlp.yaml; its name names the Optuna study.
+    name = yaml.safe_load(Path(args.study).read_text(encoding="utf-8"))["name"]
+    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="ftsearch-bench-")) / name
 
     command = [sys.executable, "-m", "search.cli", "run", args.study, "--run-dir", str(run_dir), "--no-progress"]
     started = time.perf_counter()
@@ -35,7 +38,7 @@ def main() -> int:
         print(f"ftsearch run failed with exit status {completed.returncode}", file=sys.stderr)
         return completed.returncode
 
-    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{run_dir / 'study.db'}")
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / 'study.db'}")
     states = [trial.state.name for trial in study.trials]
     epochs = sum(len(trial.intermediate_values) for trial in study.trials)
     counts = ", ".join(f"{states.count(s)} {s}" for s in ("COMPLETE", "PRUNED", "FAIL") if s in states)

@@ -54,6 +54,11 @@ def load_trial_model(run_dir: str | Path, study, trial, num_classes: int, normal
     from search.model import build_model
     from spaces.terms import model_config
 
+    if study.model.factory is not None:
+        raise ValueError(
+            f"the model of study {study.name!r} comes from model.factory; load its trials with "
+            "search.factories.load_factory_trial_model"
+        )
     config = trial_config(trial)
     backbone = config.get("backbone") or study.model.name
     path = find_checkpoint(run_dir, trial)

@@ -58,6 +58,8 @@ def _command_validate(args: argparse.Namespace) -> int:
     prepared = prepare(study)
     print(f"{args.study}: valid")
     print(f"  data: {prepared.dataset.describe()}")
+    if study.model.factory is not None:
+        print(f"  model: {study.model.factory}, built by the model factory")
     for backbone in study.backbones:
         print(f"  model: {backbone}, weights {pretrained_source(study, backbone)}, {study.model.image_size} px")
     searched = [name for name in study.space if study.space[name].searched]

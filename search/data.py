@@ -28,6 +28,8 @@ class Dataset:
     val_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
+    # "image": uint8 (N, C, H, W) that the trainable normalizes; "features": float32, used as is.
+    kind: str = "image"
 
     @property
     def num_classes(self) -> int:
@@ -40,6 +42,12 @@ class Dataset:
 
     def describe(self) -> str:
         """Return a one-line summary for logs."""
+        if self.kind == "features":
+            return (
+                f"{self.num_classes} classes, {len(self.train_y)} train / {len(self.val_y)} "
+                f"validation / {len(self.test_y)} test samples of {self.train_x.shape[1:]} features, "
+                f"{self.nbytes / 2**20:.1f} MiB"
+            )
         channels, height, width = self.train_x.shape[1:]
         return (
             f"{self.num_classes} classes, {len(self.train_y)} train / {len(self.val_y)} "

@@ -29,6 +29,8 @@ class Prepared:
     dataset: Any
     weights: dict[str, Any]
     normalization: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
+    # The model factory's callable when the study names model.factory; see search.factories.
+    model_factory: Any = None
 
 
 def pretrained_source(study: Study, backbone: str) -> str:
@@ -45,6 +47,10 @@ def prepare(study: Study, load_data: bool = True) -> Prepared:
     Raises:
         StudyError: listing every problem found.
     """
+    if study.model.factory is not None:
+        from search.factories import prepare_factory_model
+
+        return prepare_factory_model(study, load_data)
     problems = _check_pretrained_keys(study)
     weights, normalization = {}, {}
     for backbone in study.backbones:
@@ -57,7 +63,11 @@ def prepare(study: Study, load_data: bool = True) -> Prepared:
     if problems:
         raise StudyError(problems)
     dataset = None
-    if load_data:
+    if load_data and study.data.factory is not None:
+        from search.factories import load_factory_dataset
+
+        dataset = load_factory_dataset(study)
+    elif load_data:
         from search.data import load_dataset
 
         dataset = load_dataset(study.data, study.model.image_size, study.model.in_chans)

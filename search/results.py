@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any
 
+from search.factories import FACTORY_PARAMS
 from search.storage import FAIL_REASON_ATTR, STOP_REASON_ATTR, trial_config
 from search.study import Study
 
@@ -53,6 +54,8 @@ def best_study(study: Study, config: dict[str, Any]) -> Study:
         if name == "head":
             options = {key: item for key, item in value.items() if key != "name"}
             space[name] = {"choices": {value["name"]: options}}
+        elif name == FACTORY_PARAMS:
+            space[name] = {key: {"value": item} if isinstance(item, dict) else item for key, item in value.items()}
         elif isinstance(value, dict):
             space[name] = {"value": value}
         else:

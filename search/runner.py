@@ -24,6 +24,7 @@ import optuna
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
+from search.factories import drop_timm_only_terms
 from search.preflight import prepare
 from search.storage import (
     CONFIG_ATTR,
@@ -154,13 +155,14 @@ def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     searcher = _StudySearcher(study, create_sampler(study.search), storage)
     settings = TrialSettings(
-        model_name=study.model.name,
+        model_name=study.model.name or study.model.factory,
         in_chans=study.model.in_chans,
         max_epochs=study.budget.max_epochs,
         seed=study.search.seed,
         cpus=study.resources.cpus,
         gpus=study.resources.gpus,
         normalization=prepared.normalization,
+        model_factory=prepared.model_factory,
     )
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -258,6 +260,7 @@ class _StudySearcher(OptunaSearch):
             self._ot_trials[trial_id] = self._ot_study.ask()
         ot_trial = self._ot_trials[trial_id]
         config = resolve_config(self.study.space.suggest(ot_trial))
+        config = drop_timm_only_terms(self.study, config)
         ot_trial.set_user_attr(CONFIG_ATTR, json.dumps(config, sort_keys=True))
         ot_trial.set_user_attr("ray_trial_id", trial_id)
         return {"trial": config, "number": ot_trial.number}

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from spaces.params import Space, SpaceError, parse_space
+from spaces.params import Space, SpaceError
 from spaces.terms import check_space
 
 logger = logging.getLogger(__name__)
@@ -85,12 +85,14 @@ def _one_of(choices):
 class ModelSettings:
     """The pretrained model: timm name, weight source, input size and normalization."""
 
-    name: str = _option(str)
+    name: str | None = _option((str, type(None)), default=None)
     pretrained: str | dict = _option((str, dict, type(None)), default="none")
     image_size: int = _option(int, _at_least_one, default=224)
     in_chans: int = _option(int, _one_of((1, 3)), default=3)
     mean: list | None = _option((list, type(None)), default=None)
     std: list | None = _option((list, type(None)), default=None)
+    # "package.module:function" returning a torch module instead of a timm model; see search.factories.
+    factory: str | None = _option((str, type(None)), default=None)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class DataSettings:
     val_fraction: float = _option((int, float), _fraction, default=0.2)
     test_fraction: float = _option((int, float), _fraction, default=0.1)
     seed: int = _option(int, default=0)
+    # "package.module:function" returning the splits instead of ``source``; see search.factories.
+    factory: str | None = _option((str, type(None)), default=None)
 
 
 @dataclass(frozen=True)
@@ -208,12 +212,15 @@ class Study:
                 "sqlite:////abs/path/study.db or postgresql://user@host/db, or leave it out "
                 "for SQLite in the run directory"
             )
+        from search.factories import check_factory_study, parse_study_space, without_factory_params
+
         space = Space({})
         try:
-            space = parse_space(mapping.get("space"), "space")
+            space = parse_study_space(mapping.get("space"), "space")
         except SpaceError as error:
             problems.append(str(error))
-        problems += check_space(space)
+        problems += check_space(without_factory_params(space))
+        problems += check_factory_study(mapping, sections, space)
         problems += _check_across_sections(sections)
         if problems:
             raise StudyError(problems)
@@ -251,7 +258,9 @@ class Study:
 
     @property
     def backbones(self) -> list[str]:
-        """Every timm model name a trial may build."""
+        """Every timm model name a trial may build; none when model.factory builds the model."""
+        if self.model.factory is not None:
+            return []
         if "backbone" in self.space:
             return [name for name in self.space["backbone"].values() if isinstance(name, str)]
         return [self.model.name]

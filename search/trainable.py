@@ -39,6 +39,8 @@ class TrialSettings:
     cpus: float
     gpus: float
     normalization: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
+    # A model factory's callable builds the model in place of timm; see search.factories.
+    model_factory: Any = None
 
 
 def train_trial(config: dict[str, Any], data, weights: dict, settings: TrialSettings) -> None:
@@ -56,7 +58,12 @@ def train_trial(config: dict[str, Any], data, weights: dict, settings: TrialSett
     device = torch.device("cuda" if settings.gpus > 0 and torch.cuda.is_available() else "cpu")
 
     backbone = trial_config.get("backbone") or settings.model_name
-    model = _build(trial_config, backbone, data.num_classes, weights.get(backbone), settings)
+    if settings.model_factory is not None:
+        from search.factories import build_factory_model
+
+        model = build_factory_model(settings.model_factory, trial_config, data)
+    else:
+        model = _build(trial_config, backbone, data.num_classes, weights.get(backbone), settings)
     model.to(device)
     loop = _TrainingLoop(model, trial_config, data, settings, backbone, device)
 
@@ -128,7 +135,9 @@ class _TrainingLoop:
         import torch
 
         x = torch.from_numpy(images[index]).to(self.device, non_blocking=True)
-        x = x.float().mul_(self.scale).add_(self.shift)
+        x = x.float()
+        if self.data.kind == "image":
+            x = x.mul_(self.scale).add_(self.shift)
         y = torch.from_numpy(labels[index]).to(self.device, non_blocking=True)
         return x, y
 

@@ -33,6 +33,7 @@ __all__ = [
     "Param",
     "Space",
     "SpaceError",
+    "SubSpace",
     "label_of",
     "parse_param",
     "parse_space",
@@ -356,3 +357,27 @@ def _parse_choices(choices: Any, key: str) -> Param:
                     f"{key}: choice {choices[i]!r} is listed twice; list each choice once"
                 )
     return Categorical(tuple(choices))
+
+
+@dataclass(frozen=True)
+class SubSpace(Param):
+    """A named group of parameters that a trial receives as one mapping.
+
+    Optuna stores each member as ``name/member``, so a group ``factory_params`` with a member
+    ``depth`` appears as ``factory_params/depth``.
+    """
+
+    space: Space
+
+    def suggest(self, trial: Any, name: str) -> dict[str, Any]:
+        return self.space.suggest(trial, prefix=name)
+
+    def to_spec(self) -> dict[str, Any]:
+        return self.space.to_spec()
+
+    def values(self) -> list[Any]:
+        return [self.space.to_spec()]
+
+    @property
+    def searched(self) -> bool:
+        return any(self.space[name].searched for name in self.space)

@@ -76,7 +76,10 @@ def test_invalid_study_messages(changes, message):
 def test_missing_model_name():
     mapping = tiny_study_dict()
     mapping["model"] = {"image_size": 32}
-    assert problems_of(mapping) == ["model.name: missing; this setting is required"]
+    assert problems_of(mapping) == [
+        "model.name: missing; give a timm model name, or model.factory: "
+        "'package.module:function' for a model of your own"
+    ]
 
 
 def test_all_problems_reported_at_once():
