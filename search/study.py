@@ -34,7 +34,8 @@ REPORTED_METRICS = {
 }
 SAMPLERS = ("tpe", "random", "qmc", "gp", "nsga2")
 SCHEDULERS = ("asha", "median", "none")
-DATA_SOURCES = ("digits",)
+DATA_SOURCES = ("digits", "folder", "csv")
+BAD_FILE_ACTIONS = ("error", "skip")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -101,6 +102,13 @@ class DataSettings:
     val_fraction: float = _option((int, float), _fraction, default=0.2)
     test_fraction: float = _option((int, float), _fraction, default=0.1)
     seed: int = _option(int, default=0)
+    # Users' data (search.images): a folder of class folders, or a CSV file of path and label.
+    path: str | None = _option((str, type(None)), default=None)
+    path_column: str | None = _option((str, type(None)), default=None)
+    label_column: str | None = _option((str, type(None)), default=None)
+    split_column: str | None = _option((str, type(None)), default=None)
+    on_bad_file: str = _option(str, _one_of(BAD_FILE_ACTIONS), default="error")
+    max_memory_mb: float = _option((int, float), _positive, default=4096)
 
 
 @dataclass(frozen=True)
@@ -215,8 +223,10 @@ class Study:
             problems.append(str(error))
         problems += check_space(space)
         problems += _check_across_sections(sections)
+        problems += _check_data_source(sections["data"])
         if problems:
             raise StudyError(problems)
+        sections["data"] = _resolve_data_path(sections["data"], source)
         study = cls(name=name, space=space, storage=storage, source=source, **sections)
         study._warn_about_replaced_settings()
         return study
@@ -278,6 +288,48 @@ def _check_across_sections(sections: dict[str, Any]) -> list[str]:
                     f"per channel{' (each greater than 0)' if name == 'std' else ''}"
                 )
     return problems
+
+
+def _check_data_source(data: DataSettings | None) -> list[str]:
+    """Return problems of the settings that only some data sources read."""
+    if data is None:
+        return []
+    problems = []
+    if data.source in ("folder", "csv") and data.path is None:
+        what = "folder of class folders" if data.source == "folder" else "CSV file of path and label"
+        problems.append(
+            f"data.path: missing; data.source {data.source!r} reads the {what} that data.path "
+            "names (relative to the study file)"
+        )
+    if data.source == "digits" and data.path is not None:
+        problems.append(
+            f"data.path: {data.path!r} is only read when data.source is folder or csv; remove "
+            "it or set data.source"
+        )
+    columns = ("path_column", "label_column", "split_column")
+    for name in columns:
+        if data.source != "csv" and getattr(data, name) is not None:
+            problems.append(
+                f"data.{name}: {getattr(data, name)!r} is only read when data.source is csv; "
+                "remove it or set data.source: csv"
+            )
+    given = [getattr(data, name) for name in columns if getattr(data, name) is not None]
+    if len(set(given)) < len(given):
+        problems.append(
+            f"data: the CSV column settings name the same column twice ({', '.join(given)}); "
+            "give path_column, label_column and split_column different columns"
+        )
+    return problems
+
+
+def _resolve_data_path(data: DataSettings, source: Path | None) -> DataSettings:
+    """Make a relative ``data.path`` absolute: relative to the study file, else the current folder."""
+    if data.path is None:
+        return data
+    path = Path(data.path).expanduser()
+    if not path.is_absolute():
+        path = (source.parent if source is not None else Path.cwd()) / path
+    return dataclasses.replace(data, path=str(path.resolve()))
 
 
 def _unknown_key(key: Any, valid: tuple[str, ...], where: str) -> str:
