@@ -283,7 +283,7 @@ def _warn_ignored(table: FileTable) -> None:
     if table.not_images:
         logger.warning(
             "Ignored %s in %s: %s",
-            _count(len(table.not_images), "file that is not an image file", "files that are not image files"),
+            _count(len(table.not_images), "file that is not an image in a class folder", "files that are not images in a class folder"),
             table.root,
             name_list(table.not_images),
         )

@@ -313,8 +313,9 @@ def _check_data_source(data: DataSettings | None) -> list[str]:
                 f"data.{name}: {getattr(data, name)!r} is only read when data.source is csv; "
                 "remove it or set data.source: csv"
             )
-    given = [getattr(data, name) for name in columns if getattr(data, name) is not None]
-    if len(set(given)) < len(given):
+    given = [data.path_column or "path", data.label_column or "label"]
+    given += [data.split_column] if data.split_column is not None else []
+    if data.source == "csv" and len(set(given)) < len(given):
         problems.append(
             f"data: the CSV column settings name the same column twice ({', '.join(given)}); "
             "give path_column, label_column and split_column different columns"
