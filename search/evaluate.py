@@ -77,7 +77,7 @@ def score_test_split(run_dir: str | Path, address: str | None = None, progress: 
     writes ``RUN/test.json`` and returns its contents.
 
     Raises:
-        FileNotFoundError: when ``run_dir`` holds no run.
+        FileNotFoundError: when ``run_dir`` contains no run.
         StudyError: when no trial of the run completed, or the default recipe failed.
     """
     from search.preflight import prepare
@@ -88,7 +88,10 @@ def score_test_split(run_dir: str | Path, address: str | None = None, progress: 
     study, optuna_study = open_run(run_dir)
     best = best_trial(optuna_study)
     if best is None:
-        raise StudyError(f"no trial of the run in {run_dir} completed, so there is no best configuration to test")
+        raise StudyError(
+            f"no trial of the run in {run_dir} completed, so there is no best configuration to test; "
+            "run the study again with more trials, epochs or time"
+        )
     prepared = prepare(study)
     dataset = prepared.dataset
     recipes = [_score_trial("best", run_dir, study, best, prepared)]
@@ -130,7 +133,9 @@ def _default_recipe_trial(study: Study, train_images: int, default_dir: Path, ad
     result = run(default_study, run_dir=default_dir, address=address, progress=progress)
     trial = result.best_trial
     if trial is None:
-        reason = result.optuna_study.trials[-1].user_attrs.get("fail_reason", "unknown") if result.optuna_study.trials else "no trial ran"
+        reason = "no trial ran"
+        if result.optuna_study.trials:
+            reason = result.optuna_study.trials[-1].user_attrs.get("fail_reason", "unknown")
         raise StudyError(f"the default recipe did not complete its training ({reason}); see {default_dir}")
     return default_study, trial
 

@@ -1,6 +1,6 @@
 """Finding users' image files: an image folder of class folders, or a CSV file of path and label.
 
-An image folder holds one sub-folder per class, either directly or inside ``train/``, ``val/``
+An image folder contains one sub-folder per class, either directly or inside ``train/``, ``val/``
 and ``test/`` split folders (``train/`` is required in that layout; a missing ``val/`` or
 ``test/`` is carved from ``train/``). Class folders may nest; every file below one belongs to
 that class. Names starting with '.' (``.DS_Store``, ``.ipynb_checkpoints``) are ignored, and so
@@ -70,12 +70,12 @@ def list_folder(root: Path) -> FileTable:
     """List the images of an image folder.
 
     Raises:
-        StudyError: when the folder is missing, holds no class folders, mixes split folders
+        StudyError: when the folder is missing, contains no class folders, mixes split folders
             with class folders, has empty class folders, or has a class missing from a split.
     """
     if not root.exists():
         raise StudyError(
-            f"data.path: folder {str(root)!r} not found; give the folder that holds one sub-folder "
+            f"data.path: folder {str(root)!r} not found; give the folder that contains one sub-folder "
             "per class (a relative path is read from the study file's folder)"
         )
     if not root.is_dir():

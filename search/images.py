@@ -48,7 +48,7 @@ BAD_FILE_KINDS = {
     "truncated": "truncated",
     "corrupt": "failed to decode",
 }
-# How each source mode reaches RGB, for the conversion counts in logs and `ftsearch validate`.
+# The conversion rule for each source mode, shown with the conversion counts in logs and `ftsearch validate`.
 RGB_RULES = {
     "1": "grayscale, replicated",
     "L": "grayscale, replicated",

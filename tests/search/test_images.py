@@ -355,3 +355,8 @@ def test_validate_reports_bad_file_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"ftsearch: error: data: 1 image file in {root} is empty (0 bytes): cat/broken.jpg" in err
     assert "Traceback" not in err
+
+
+def test_test_command_on_missing_run(tmp_path, capsys):
+    assert main(["test", str(tmp_path / "nothing")]) == 2
+    assert "ftsearch: error: no run found in" in capsys.readouterr().err

@@ -66,7 +66,9 @@ def csv_run(ray_session, tmp_path_factory):
     rows = ["file,kind,part"]
     for name in "ab":
         for index in range(12):
-            part = "train" if index < 8 else "val" if index < 10 else "test"
+            part = "train"
+            if index >= 8:
+                part = "val" if index < 10 else "test"
             rows.append(f"pictures/{name}/{index:03d}.png,{name},{part}")
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
     mapping = tiny_study_dict(
