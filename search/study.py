@@ -227,6 +227,7 @@ class Study:
         if problems:
             raise StudyError(problems)
         sections["data"] = _resolve_data_path(sections["data"], source)
+        sections["model"] = _resolve_weight_files(sections["model"], source)
         study = cls(name=name, space=space, storage=storage, source=source, **sections)
         study._warn_about_replaced_settings()
         return study
@@ -331,6 +332,32 @@ def _resolve_data_path(data: DataSettings, source: Path | None) -> DataSettings:
     if not path.is_absolute():
         path = (source.parent if source is not None else Path.cwd()) / path
     return dataclasses.replace(data, path=str(path.resolve()))
+
+
+def _resolve_weight_files(model: ModelSettings, source: Path | None) -> ModelSettings:
+    """Make relative weight file paths absolute, so the study saved in a run directory still finds them.
+
+    A relative path is read from the study file's folder, or from the current folder when the
+    file is not there, as ``search.preflight`` reads it.
+    """
+    if source is None:
+        return model
+
+    def resolve(value):
+        if not isinstance(value, str) or value in ("none", "hub") or value.startswith("package:"):
+            return value
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return value
+        beside_study = source.parent / path
+        return str((beside_study if beside_study.exists() or not path.exists() else path).resolve())
+
+    pretrained = model.pretrained
+    if isinstance(pretrained, Mapping):
+        pretrained = {name: resolve(value) for name, value in pretrained.items()}
+    else:
+        pretrained = resolve(pretrained)
+    return dataclasses.replace(model, pretrained=pretrained)
 
 
 def _unknown_key(key: Any, valid: tuple[str, ...], where: str) -> str:

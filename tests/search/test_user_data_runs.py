@@ -191,3 +191,10 @@ def test_grayscale_study_trains_one_channel_model(grayscale_run):
     loaded = load_trial_model(result.run_dir, study, trial, prepared.dataset.num_classes, prepared.normalization)
     first_conv = next(module for module in loaded.model.modules() if isinstance(module, torch.nn.Conv2d))
     assert first_conv.in_channels == 1
+
+
+def test_saved_study_finds_relative_weight_file(grayscale_run):
+    study, result = grayscale_run
+    saved, _ = open_run(result.run_dir)
+    assert saved.model.pretrained == str(study.source.parent / "resnet10t.pth")
+    assert prepare(saved, load_data=False).weights["resnet10t"] is not None
