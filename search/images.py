@@ -124,10 +124,13 @@ def check_memory(count: int, in_chans: int, image_size: int, max_memory_mb: floa
     )
 
 
-def decode_images(table: FileTable, image_size: int, in_chans: int) -> DecodedImages:
-    """Decode every file of ``table`` in a thread pool; Pillow releases the GIL while it decodes."""
+def decode_images(table: FileTable, image_size: int, in_chans: int, workers: int | None = None) -> DecodedImages:
+    """Decode every file of ``table`` in a thread pool; Pillow releases the GIL while it decodes.
+
+    ``workers`` is the number of threads, by default the number of CPUs up to 8.
+    """
     files = table.files
-    workers = max(1, min(8, os.cpu_count() or 1))
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
     logger.info(
         "Decoding %d images from %s at %dx%d with %d threads", len(files), table.root, image_size, image_size, workers
     )
