@@ -48,7 +48,22 @@ def _command_run(args: argparse.Namespace) -> int:
     print(format_table(rows, study.objective.metric, maximize))
     _print_best(best_summary(study, result.optuna_study))
     print(f"Results: {result.run_dir} (storage {result.storage})")
+    if args.test:
+        _print_test(result.run_dir, args.address, not args.no_progress)
     return 0
+
+
+def _command_test(args: argparse.Namespace) -> int:
+    _print_test(args.run, args.address, not args.no_progress)
+    return 0
+
+
+def _print_test(run_dir, address, progress: bool) -> None:
+    from search.evaluate import TEST_RESULT_FILE, format_test_table, score_test_split
+
+    result = score_test_split(run_dir, address=address, progress=progress)
+    print(format_test_table(result))
+    print(f"Saved: {Path(run_dir) / TEST_RESULT_FILE}")
 
 
 def _command_validate(args: argparse.Namespace) -> int:
@@ -60,6 +75,8 @@ def _command_validate(args: argparse.Namespace) -> int:
     print(f"  data: {prepared.dataset.describe()}")
     if study.model.factory is not None:
         print(f"  model: {study.model.factory}, built by the model factory")
+    for note in prepared.dataset.notes:
+        print(f"  data: {note}")
     for backbone in study.backbones:
         print(f"  model: {backbone}, weights {pretrained_source(study, backbone)}, {study.model.image_size} px")
     searched = [name for name in study.space if study.space[name].searched]
@@ -117,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--run-dir", help="folder for the results (default: runs/<study name>)")
     run_parser.add_argument("--address", help="address of a running Ray cluster (default: start Ray here)")
     run_parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run_parser.add_argument(
+        "--test", action="store_true", help="after the search, score the best trial on the test split (see the test command)"
+    )
     run_parser.set_defaults(handler=_command_run)
 
     validate_parser = commands.add_parser("validate", help="check a study file without running it")
@@ -128,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     best_parser.add_argument("--json", action="store_true", help="print JSON")
     best_parser.add_argument("--export", metavar="FILE", help="write a study file that reruns the best configuration")
     best_parser.set_defaults(handler=_command_best)
+
+    test_parser = commands.add_parser(
+        "test", help="score the best trial and the default recipe on the held-out test split"
+    )
+    test_parser.add_argument("run", help="run directory, such as runs/digits")
+    test_parser.add_argument("--address", help="address of a running Ray cluster for training the default recipe")
+    test_parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    test_parser.set_defaults(handler=_command_test)
     return parser
 
 

@@ -30,6 +30,8 @@ class Dataset:
     test_y: np.ndarray
     # "image": uint8 (N, C, H, W) that the trainable normalizes; "features": float32, used as is.
     kind: str = "image"
+    # What the data check changed or left out (conversions, skipped files), for `ftsearch validate`.
+    notes: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -56,11 +58,25 @@ class Dataset:
         )
 
 
-def load_dataset(data, image_size: int, in_chans: int) -> Dataset:
-    """Decode, resize and split the study's data set (``data`` is its ``DataSettings``)."""
+def load_dataset(data, image_size: int, in_chans: int, max_batch_size: int = 1) -> Dataset:
+    """Decode, resize and split the study's data set (``data`` is its ``DataSettings``).
+
+    ``max_batch_size`` is the largest training batch size of the space; a training split with
+    fewer images is an error for image folders and CSV files.
+
+    Raises:
+        StudyError: when the data has problems (see ``search.images.load_images``).
+    """
+    if data.source in ("folder", "csv"):
+        from search.images import load_images
+
+        return load_images(data, image_size, in_chans, max_batch_size)
     if data.source != "digits":
-        raise ValueError(f"data.source: unknown source {data.source!r}; valid sources: digits")
+        raise ValueError(f"data.source: unknown source {data.source!r}; valid sources: digits, folder, csv")
+    from search.images import check_memory
+
     images, labels, classes = _load_digits()
+    check_memory(len(labels), in_chans, image_size, data.max_memory_mb)
     images = _resize(images, image_size)
     images = _to_channels(images, in_chans)
     dataset = _split(images, labels, classes, data.val_fraction, data.test_fraction, data.seed)

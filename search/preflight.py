@@ -70,8 +70,19 @@ def prepare(study: Study, load_data: bool = True) -> Prepared:
     elif load_data:
         from search.data import load_dataset
 
-        dataset = load_dataset(study.data, study.model.image_size, study.model.in_chans)
+        dataset = load_dataset(
+            study.data, study.model.image_size, study.model.in_chans, max_batch_size(study)
+        )
     return Prepared(dataset, weights, normalization)
+
+
+def max_batch_size(study: Study) -> int:
+    """Return the largest batch_size a trial of ``study`` may get (the term's default if not searched)."""
+    from spaces.terms import TERMS
+
+    if "batch_size" not in study.space:
+        return int(TERMS["batch_size"].default)
+    return max(int(value) for value in study.space["batch_size"].values())
 
 
 def _check_pretrained_keys(study: Study) -> list[str]:

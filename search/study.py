@@ -34,7 +34,8 @@ REPORTED_METRICS = {
 }
 SAMPLERS = ("tpe", "random", "qmc", "gp", "nsga2")
 SCHEDULERS = ("asha", "median", "none")
-DATA_SOURCES = ("digits",)
+DATA_SOURCES = ("digits", "folder", "csv")
+BAD_FILE_ACTIONS = ("error", "skip")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -105,6 +106,13 @@ class DataSettings:
     seed: int = _option(int, default=0)
     # "package.module:function" returning the splits instead of ``source``; see search.factories.
     factory: str | None = _option((str, type(None)), default=None)
+    # Users' data (search.images): a folder of class folders, or a CSV file of path and label.
+    path: str | None = _option((str, type(None)), default=None)
+    path_column: str | None = _option((str, type(None)), default=None)
+    label_column: str | None = _option((str, type(None)), default=None)
+    split_column: str | None = _option((str, type(None)), default=None)
+    on_bad_file: str = _option(str, _one_of(BAD_FILE_ACTIONS), default="error")
+    max_memory_mb: float = _option((int, float), _positive, default=4096)
 
 
 @dataclass(frozen=True)
@@ -222,8 +230,11 @@ class Study:
         problems += check_space(without_factory_params(space))
         problems += check_factory_study(mapping, sections, space)
         problems += _check_across_sections(sections)
+        problems += _check_data_source(sections["data"])
         if problems:
             raise StudyError(problems)
+        sections["data"] = _resolve_data_path(sections["data"], source)
+        sections["model"] = _resolve_weight_files(sections["model"], source)
         study = cls(name=name, space=space, storage=storage, source=source, **sections)
         study._warn_about_replaced_settings()
         return study
@@ -287,6 +298,75 @@ def _check_across_sections(sections: dict[str, Any]) -> list[str]:
                     f"per channel{' (each greater than 0)' if name == 'std' else ''}"
                 )
     return problems
+
+
+def _check_data_source(data: DataSettings | None) -> list[str]:
+    """Return problems of the settings that only some data sources read."""
+    if data is None:
+        return []
+    problems = []
+    if data.source in ("folder", "csv") and data.path is None:
+        what = "folder of class folders" if data.source == "folder" else "CSV file of path and label"
+        problems.append(
+            f"data.path: missing; data.source {data.source!r} reads the {what} that data.path "
+            "names (relative to the study file)"
+        )
+    if data.source == "digits" and data.path is not None:
+        problems.append(
+            f"data.path: {data.path!r} is only read when data.source is folder or csv; remove "
+            "it or set data.source"
+        )
+    columns = ("path_column", "label_column", "split_column")
+    for name in columns:
+        if data.source != "csv" and getattr(data, name) is not None:
+            problems.append(
+                f"data.{name}: {getattr(data, name)!r} is only read when data.source is csv; "
+                "remove it or set data.source: csv"
+            )
+    given = [data.path_column or "path", data.label_column or "label"]
+    given += [data.split_column] if data.split_column is not None else []
+    if data.source == "csv" and len(set(given)) < len(given):
+        problems.append(
+            f"data: the CSV column settings name the same column twice ({', '.join(given)}); "
+            "give path_column, label_column and split_column different columns"
+        )
+    return problems
+
+
+def _resolve_data_path(data: DataSettings, source: Path | None) -> DataSettings:
+    """Make a relative ``data.path`` absolute: relative to the study file, else the current folder."""
+    if data.path is None:
+        return data
+    path = Path(data.path).expanduser()
+    if not path.is_absolute():
+        path = (source.parent if source is not None else Path.cwd()) / path
+    return dataclasses.replace(data, path=str(path.resolve()))
+
+
+def _resolve_weight_files(model: ModelSettings, source: Path | None) -> ModelSettings:
+    """Make relative weight file paths absolute, so the study saved in a run directory still finds them.
+
+    A relative path is read from the study file's folder, or from the current folder when the
+    file is not there, as ``search.preflight`` reads it.
+    """
+    if source is None:
+        return model
+
+    def resolve(value):
+        if not isinstance(value, str) or value in ("none", "hub") or value.startswith("package:"):
+            return value
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return value
+        beside_study = source.parent / path
+        return str((beside_study if beside_study.exists() or not path.exists() else path).resolve())
+
+    pretrained = model.pretrained
+    if isinstance(pretrained, Mapping):
+        pretrained = {name: resolve(value) for name, value in pretrained.items()}
+    else:
+        pretrained = resolve(pretrained)
+    return dataclasses.replace(model, pretrained=pretrained)
 
 
 def _unknown_key(key: Any, valid: tuple[str, ...], where: str) -> str:
