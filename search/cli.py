@@ -90,6 +90,32 @@ def _command_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_report(args: argparse.Namespace) -> int:
+    from search.report import write_comparison, write_report
+
+    from search.export import ExportError
+
+    for run_dir in args.runs:
+        try:
+            print(f"Wrote {write_report(run_dir, png=args.png)}")
+        except ExportError as error:
+            print(f"ftsearch: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
+    if len(args.runs) > 1:
+        print(f"Wrote {write_comparison(args.runs, args.compare)}")
+    return 0
+
+
+def _command_status(args: argparse.Namespace) -> int:
+    from search.report import format_status
+    from search.report_data import status_data
+    from search.storage import open_run
+
+    _, optuna_study = open_run(args.run)
+    print(format_status(status_data(optuna_study)))
+    return 0
+
+
 def _print_best(summary: dict | None) -> None:
     if summary is None:
         print("No trial completed.")
@@ -126,6 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     best_parser.add_argument("--json", action="store_true", help="print JSON")
     best_parser.add_argument("--export", metavar="FILE", help="write a study file that reruns the best configuration")
     best_parser.set_defaults(handler=_command_best)
+
+    report_parser = commands.add_parser("report", help="write RUN/report.html; with several runs, also compare them")
+    report_parser.add_argument("runs", nargs="+", metavar="run", help="run directory, such as runs/digits")
+    report_parser.add_argument(
+        "--compare", default="comparison.html", metavar="FILE",
+        help="where the comparison page of several runs goes (default: comparison.html)",
+    )
+    report_parser.add_argument(
+        "--png", action="store_true", help="also write each figure as RUN/figures/NAME.png (needs kaleido and Chromium)"
+    )
+    report_parser.set_defaults(handler=_command_report)
+
+    status_parser = commands.add_parser("status", help="print trial counts, the best trial and running trials")
+    status_parser.add_argument("run", help="run directory, such as runs/digits")
+    status_parser.set_defaults(handler=_command_status)
     return parser
 
 

@@ -248,6 +248,9 @@ class _StudySearcher(OptunaSearch):
         )
         self.study = study
         self.reported_epochs: dict[str, int] = {}
+        # Named objectives appear in optuna-dashboard and ftsearch's report instead of "value".
+        metrics = self._metric if isinstance(self._metric, list) else [self._metric]
+        self._ot_study.set_metric_names(metrics)
 
     @property
     def optuna_study(self):
