@@ -11,6 +11,7 @@ import html
 import io
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def history_figure(data: dict[str, Any]):
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=data["trials"], y=data["values"], mode="markers", name=data["objective"]))
     fig.add_trace(go.Scatter(x=data["trials"], y=data["best"], mode="lines", name="best so far", line={"shape": "hv"}))
-    fig.update_xaxes(title="trial")
+    fig.update_xaxes(title="trial", tick0=0, dtick=max(1, math.ceil(len(data["trials"]) / 10)))
     fig.update_yaxes(title=data["objective"])
     return _layout(fig, f"Optimization history ({data['direction']})")
 
@@ -84,8 +85,6 @@ def parallel_figure(data: dict[str, Any]):
 
 def _parallel_numeric(name: str, values: list[float], log: bool) -> dict[str, Any]:
     """Return a parcoords dimension; a log-scaled parameter is placed by log10 with real-value ticks."""
-    import math
-
     if not log:
         return {"label": name, "values": values}
     exponents = [math.log10(v) for v in values]
