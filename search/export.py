@@ -1,8 +1,9 @@
 """Headless Chromium with its network off, and PNG export of report figures through kaleido.
 
 kaleido 1.x drives a Chromium it finds on the machine; started plainly, Chromium contacts
-Google's services and plotly fetches MathJax from a CDN. ``export_png`` gives kaleido a
-wrapper script that adds ``CHROMIUM_FLAGS`` and turns MathJax off, so nothing leaves the machine.
+Google's services, and kaleido's page loads MathJax from a CDN. ``export_png`` gives kaleido a
+wrapper script that adds ``CHROMIUM_FLAGS`` and turns MathJax off, and kaleido loads the
+plotly.js that ships with plotly, so the export needs no network.
 """
 
 from __future__ import annotations
@@ -69,30 +70,31 @@ def export_png(figures: dict[str, Any], folder: str | Path) -> list[Path]:
         ExportError: when kaleido or Chromium is missing.
     """
     try:
-        import kaleido  # noqa: F401 - plotly imports it itself; this checks it is installed
+        import kaleido  # noqa: F401 - checked here so the error names the package
     except ImportError:
-        raise ExportError("PNG export needs kaleido: pip install 'kaleido>=1'") from None
+        raise ExportError("PNG export needs kaleido: pip install 'ftsearch[png]'") from None
     chromium = find_chromium()
     if chromium is None:
         raise ExportError("PNG export needs Chromium on PATH; install it, for example with `apt-get install -y chromium`")
-    import plotly.io as pio
+    import kaleido
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    saved_browser, saved_mathjax = os.environ.get("BROWSER_PATH"), pio.defaults.mathjax
+    saved_browser = os.environ.get("BROWSER_PATH")
     with tempfile.TemporaryDirectory(prefix="ftsearch-chromium-") as scratch:
         os.environ["BROWSER_PATH"] = str(_wrapper_script(Path(scratch), chromium))
-        pio.defaults.mathjax = None
         try:
             for name, figure in figures.items():
                 if figure is None:
                     continue
                 path = folder / f"{name}.png"
-                figure.write_image(path, format="png")
+                # kaleido directly, because plotly's write_image cannot turn MathJax off:
+                # plotly 7.1 passes pio.defaults.mathjax on only when it is truthy.
+                options = {"format": "png", "width": figure.layout.width or 1000, "height": figure.layout.height or 500}
+                path.write_bytes(kaleido.calc_fig_sync(figure.to_dict(), opts=options, kopts={"mathjax": False}))
                 written.append(path)
         finally:
-            pio.defaults.mathjax = saved_mathjax
             if saved_browser is None:
                 os.environ.pop("BROWSER_PATH", None)
             else:

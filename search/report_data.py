@@ -328,8 +328,8 @@ def _trial_worker(run_dir: Path | None, trial) -> str | None:
 def timeline_data(optuna_study, run_dir: str | Path | None = None, now: datetime | None = None) -> dict[str, Any]:
     """Return when each trial started and ended and which worker ran it.
 
-    The worker is ``host:pid`` from the trial's Ray result when the run directory has one;
-    otherwise trials are packed into numbered lanes so that overlapping trials never share one.
+    The worker is ``host:pid`` from the trial's Ray result when the run directory has one.
+    Otherwise trials are packed into numbered lanes, and overlapping trials never share a lane.
     ``max_concurrent`` is the most trials that ran at the same moment. Running trials end at
     ``now``.
     """
@@ -543,7 +543,7 @@ def status_data(optuna_study, now: datetime | None = None) -> dict[str, Any]:
 def comparison_data(runs: list[tuple[str, Any]]) -> dict[str, Any]:
     """Return each run's best value, best-so-far history and best configuration, side by side.
 
-    ``runs`` holds (label, Optuna study) pairs; multi-objective runs compare their first
+    ``runs`` contains (label, Optuna study) pairs; multi-objective runs compare their first
     objective.
     """
     entries = []

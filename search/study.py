@@ -165,7 +165,7 @@ def _tracking_uri(value):
 
 @dataclass(frozen=True)
 class TrackingSettings:
-    """Where per-trial metrics go besides TensorBoard: an MLflow tracking URI and experiment."""
+    """Destinations of per-trial metrics besides TensorBoard: an MLflow tracking URI and experiment."""
 
     mlflow_uri: str | None = _option((str, type(None)), _tracking_uri, default=None)
     mlflow_experiment: str | None = _option((str, type(None)), default=None)

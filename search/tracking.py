@@ -17,7 +17,7 @@ __all__ = ["tracking_callbacks"]
 
 
 def tracking_callbacks(study: Study) -> list:
-    """Return the Ray Tune logger callbacks the study's ``tracking`` section asks for.
+    """Return the Ray Tune logger callbacks the study's ``tracking`` section requests.
 
     Raises:
         StudyError: when ``tracking.mlflow_uri`` is set but MLflow is not installed.

@@ -1,7 +1,7 @@
 """The report, status and comparison of one real small run, watched while it runs.
 
 One module fixture starts ``ftsearch run`` in a subprocess and polls the run's storage the way
-``ftsearch status`` does until the run ends; every test then reads that run.
+``ftsearch status`` does until the run ends. Every test then reads that run.
 """
 
 import os
@@ -48,10 +48,12 @@ def live_run(tmp_path_factory):
         space={"lr": {"choices": [3.0e-3, 1.0e-7]}, "label_smoothing": {"choices": [0.0, 0.1]}, "batch_size": 64},
     )
     study_file.write_text(yaml.safe_dump(study), encoding="utf-8")
+
     run_dir = folder / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
     command = [sys.executable, "-m", "search.cli", "run", str(study_file), "--run-dir", str(run_dir), "--no-progress"]
     process = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
     snapshots = []
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
