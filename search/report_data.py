@@ -432,7 +432,8 @@ def best_configuration(optuna_study) -> dict[str, Any]:
     """
     names = objective_names(optuna_study)
     if _is_multi_objective(optuna_study):
-        front = [trial for trial in optuna_study.best_trials if trial.number in {t.number for t in _completed(optuna_study)}]
+        finite = {trial.number for trial in _completed(optuna_study)}
+        front = [trial for trial in optuna_study.best_trials if trial.number in finite]
         return {
             "objectives": names,
             "trials": [_best_entry(trial) for trial in front],

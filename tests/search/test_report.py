@@ -174,9 +174,12 @@ def test_report_draws_in_headless_chromium(report_page, tmp_path):
         chromium_command(profile, "--virtual-time-budget=15000", "--dump-dom", url),
         capture_output=True, text=True, timeout=180, check=True,
     ).stdout
-    expected = report_page.read_text(encoding="utf-8").count('class="plotly-graph-div"')
-    # History, importances, parallel coordinates, slices, contour, curves, timeline, confusion.
-    assert expected == 8
+    page = report_page.read_text(encoding="utf-8")
+    sections = {part.split('"', 1)[0]: part for part in page.split('<h2 id="')[1:]}
+    # These figures draw whenever one trial completed; which trials ASHA stops varies with timing.
+    for name in ("history", "learning_curves", "timeline", "confusion"):
+        assert 'class="plotly-graph-div"' in sections[name], name
+    expected = page.count('class="plotly-graph-div"')
     # Plotly draws each figure into at least one <svg class="main-svg"> once its script ran.
     assert dom.count('class="main-svg"') >= expected
     shot = tmp_path / "report.png"

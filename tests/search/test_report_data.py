@@ -196,6 +196,7 @@ def test_timeline_lanes_show_concurrency(tmp_path):
     assert timeline["max_concurrent"] == 2
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_pareto_front_of_two_objectives(tmp_path):
     study = new_study(tmp_path, directions=["maximize", "minimize"])
     points = [(0.9, 5.0), (0.8, 2.0), (0.7, 3.0), (0.95, 9.0), (0.6, 1.0)]
