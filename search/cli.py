@@ -109,6 +109,32 @@ def _command_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_report(args: argparse.Namespace) -> int:
+    from search.report import write_comparison, write_report
+
+    from search.export import ExportError
+
+    for run_dir in args.runs:
+        try:
+            print(f"Wrote {write_report(run_dir, png=args.png)}")
+        except ExportError as error:
+            print(f"ftsearch: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
+    if len(args.runs) > 1:
+        print(f"Wrote {write_comparison(args.runs, args.compare)}")
+    return 0
+
+
+def _command_status(args: argparse.Namespace) -> int:
+    from search.report import format_status
+    from search.report_data import status_data
+    from search.storage import open_run
+
+    _, optuna_study = open_run(args.run)
+    print(format_status(status_data(optuna_study)))
+    return 0
+
+
 def _print_best(summary: dict | None) -> None:
     if summary is None:
         print("No trial completed.")
@@ -156,6 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
     test_parser.add_argument("--address", help="address of a running Ray cluster for training the default recipe")
     test_parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     test_parser.set_defaults(handler=_command_test)
+
+    report_parser = commands.add_parser("report", help="write RUN/report.html; with several runs, also compare them")
+    report_parser.add_argument("runs", nargs="+", metavar="run", help="run directory, such as runs/digits")
+    report_parser.add_argument(
+        "--compare", default="comparison.html", metavar="FILE",
+        help="where the comparison page of several runs goes (default: comparison.html)",
+    )
+    report_parser.add_argument(
+        "--png", action="store_true", help="also write each figure as RUN/figures/NAME.png (needs kaleido and Chromium)"
+    )
+    report_parser.set_defaults(handler=_command_report)
+
+    status_parser = commands.add_parser("status", help="print trial counts, the best trial and running trials")
+    status_parser.add_argument("run", help="run directory, such as runs/digits")
+    status_parser.set_defaults(handler=_command_status)
     return parser
 
 

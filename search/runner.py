@@ -149,7 +149,10 @@ def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool):
     from ray.tune.search import ConcurrencyLimiter
 
     from search.strategy import create_sampler, create_scheduler
+    from search.tracking import tracking_callbacks
     from search.trainable import TrialSettings, train_trial
+
+    trackers = tracking_callbacks(study)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -185,7 +188,7 @@ def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool):
             name=TUNE_FOLDER,
             storage_path=str(run_dir),
             verbose=0,
-            callbacks=[display],
+            callbacks=[display, *trackers],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
@@ -250,6 +253,9 @@ class _StudySearcher(OptunaSearch):
         )
         self.study = study
         self.reported_epochs: dict[str, int] = {}
+        # Named objectives appear in optuna-dashboard and ftsearch's report instead of "value".
+        metrics = self._metric if isinstance(self._metric, list) else [self._metric]
+        self._ot_study.set_metric_names(metrics)
 
     @property
     def optuna_study(self):

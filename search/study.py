@@ -162,6 +162,27 @@ class ResourceSettings:
     gpus: float = _option((int, float), _non_negative, default=0)
 
 
+MLFLOW_SCHEMES = ("file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
+def _tracking_uri(value):
+    scheme = value.split("://", 1)[0] if "://" in value else None
+    if scheme in MLFLOW_SCHEMES:
+        return None
+    return (
+        f"is not an MLflow tracking URI (schemes: {', '.join(MLFLOW_SCHEMES)}); write "
+        "sqlite:////abs/path/mlflow.db for a local store or http://127.0.0.1:5000 for a server"
+    )
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """Destinations of per-trial metrics besides TensorBoard: an MLflow tracking URI and experiment."""
+
+    mlflow_uri: str | None = _option((str, type(None)), _tracking_uri, default=None)
+    mlflow_experiment: str | None = _option((str, type(None)), default=None)
+
+
 SECTIONS = {
     "model": ModelSettings,
     "data": DataSettings,
@@ -169,6 +190,7 @@ SECTIONS = {
     "budget": BudgetSettings,
     "search": SearchSettings,
     "resources": ResourceSettings,
+    "tracking": TrackingSettings,
 }
 TOP_LEVEL_KEYS = ("name", *SECTIONS, "storage", "space")
 
@@ -184,6 +206,7 @@ class Study:
     budget: BudgetSettings
     search: SearchSettings
     resources: ResourceSettings
+    tracking: TrackingSettings
     space: Space
     storage: str | None = None
     source: Path | None = None
