@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from search.study import Study, StudyError
@@ -29,6 +29,7 @@ class Prepared:
     dataset: Any
     weights: dict[str, Any]
     normalization: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
+    slot_choices: list = field(default_factory=list)  # search.slots.SlotChoice per built choice
 
 
 def pretrained_source(study: Study, backbone: str) -> str:
@@ -54,6 +55,12 @@ def prepare(study: Study, load_data: bool = True) -> Prepared:
             problems += error.problems
             continue
         normalization[backbone] = _normalization(study, backbone, weights[backbone])
+    slot_rows = []
+    if not problems:
+        from search.slots import check_slot_choices
+
+        slot_rows, slot_problems = check_slot_choices(study, weights)
+        problems += slot_problems
     if problems:
         raise StudyError(problems)
     dataset = None
@@ -61,7 +68,7 @@ def prepare(study: Study, load_data: bool = True) -> Prepared:
         from search.data import load_dataset
 
         dataset = load_dataset(study.data, study.model.image_size, study.model.in_chans)
-    return Prepared(dataset, weights, normalization)
+    return Prepared(dataset, weights, normalization, slot_rows)
 
 
 def _check_pretrained_keys(study: Study) -> list[str]:

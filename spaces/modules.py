@@ -143,6 +143,8 @@ class SlotEntry:
     has_weights: bool = False
     carry_over: str = "nothing to carry: the module has no tensors"
     accepts: Callable[[nn.Module], str | None] | None = None
+    # Names of the replaced module's tensors that the new module takes over (when shapes fit).
+    keeps: tuple[str, ...] = ()
 
     def rejects(self, model: nn.Module) -> str | None:
         """Return why ``model`` cannot take this entry, or None when it can."""
@@ -280,6 +282,7 @@ HEADS: dict[str, SlotEntry] = _registry(
         _build_linear_head,
         has_weights=True,
         carry_over="timm's own classifier; pretrained only if its shape fits the classes",
+        keeps=("weight", "bias"),
     ),
     SlotEntry(
         "mlp",
@@ -390,6 +393,7 @@ NORMS: dict[str, SlotEntry] = _registry(
         has_weights=True,
         carry_over="all: weight, bias, running_mean, running_var",
         accepts=_has_batch_norm,
+        keeps=("weight", "bias", "running_mean", "running_var", "num_batches_tracked"),
     ),
     SlotEntry(
         "frozen_batchnorm",
@@ -398,6 +402,7 @@ NORMS: dict[str, SlotEntry] = _registry(
         has_weights=True,
         carry_over="weight, bias, running_mean, running_var (as buffers); num_batches_tracked dropped",
         accepts=_has_batch_norm,
+        keeps=("weight", "bias", "running_mean", "running_var"),
     ),
     SlotEntry(
         "groupnorm",
@@ -406,6 +411,7 @@ NORMS: dict[str, SlotEntry] = _registry(
         has_weights=True,
         carry_over="the affine weight and bias; running statistics dropped",
         accepts=_has_batch_norm,
+        keeps=("weight", "bias"),
     ),
     SlotEntry(
         "layernorm",
@@ -414,6 +420,7 @@ NORMS: dict[str, SlotEntry] = _registry(
         has_weights=True,
         carry_over="the affine weight and bias; running statistics dropped",
         accepts=_has_batch_norm,
+        keeps=("weight", "bias"),
     ),
 )
 
