@@ -61,8 +61,8 @@ def count_macs(model, image_size: int, in_chans: int) -> int:
 def measure_latency_ms(model, image_size: int, in_chans: int) -> float:
     """Return the median milliseconds of an eval-mode forward pass on one image, one CPU thread.
 
-    NOTE: measured in the driver while trials may train on the same cores, so the value is
-    noisy; it ranks architectures of one run, it is no benchmark.
+    NOTE: the driver measures it while trials may train on the same cores, so the value is
+    noisy. It ranks the architectures of one run and is no benchmark.
     """
     import torch
 
@@ -94,7 +94,7 @@ def architecture_key(backbone: str, model_config: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class TrialArchitecture:
-    """What the driver measured for one trial's model: weight carry-over and cost."""
+    """Weight carry-over and cost of one trial's model, as the driver measured them."""
 
     weights_kept: int
     weights_new: list[str]

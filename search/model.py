@@ -265,7 +265,7 @@ def _surviving_tensors(
     """Return the report of the finished model: kept tensors whose name and shape survived.
 
     Swaps copy every tensor whose name and shape fit into the new module, and replace_head
-    already moved the classifier to ``new``, so a kept name with its loaded shape holds the
+    already moved the classifier to ``new``, so a kept name with its loaded shape contains the
     pretrained value.
     """
     if report is None:

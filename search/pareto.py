@@ -67,9 +67,8 @@ def _number(value: float) -> str:
 
 def _short(value: Any) -> str:
     if isinstance(value, dict):
-        return value.get("name", "") if set(value) <= {"name"} else ",".join(
-            f"{key}={_short(item)}" for key, item in value.items()
-        )
+        options = ",".join(f"{key}={_short(item)}" for key, item in value.items() if key != "name")
+        return f"{value.get('name', '')}({options})" if options else str(value.get("name", ""))
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)

@@ -160,8 +160,9 @@ def _forward_tiny_batch(model, study: Study) -> None:
     try:
         model.train()
         model(x).sum().backward()
-    except RuntimeError as error:
-        first_line = str(error).splitlines()[0]
+    except (RuntimeError, AssertionError) as error:
+        # timm checks input sizes with assert (a ViT's patch embedding, for one).
+        first_line = (str(error) or type(error).__name__).splitlines()[0]
         raise StudyError(
             f"model.image_size: {study.model.name} cannot take {size}x{size} images "
             f"({first_line}); choose a larger image_size"

@@ -299,7 +299,12 @@ class _StudySearcher(OptunaSearch):
         """Store the trial's weight carry-over and cost as user attributes, and log one line."""
         if self.meter is None:
             return
-        measured = self.meter.measure(config)
+        try:
+            measured = self.meter.measure(config)
+        except (ValueError, RuntimeError) as error:
+            # The trial's worker builds the same model, so it fails too and the trial ends FAIL.
+            logger.warning("Trial %d: building its model to measure it failed: %s", ot_trial.number, error)
+            return
         self.architectures[trial_id] = measured
         ot_trial.set_user_attr(WEIGHTS_KEPT_ATTR, measured.weights_kept)
         ot_trial.set_user_attr(WEIGHTS_NEW_ATTR, measured.weights_new)
@@ -460,7 +465,8 @@ class _Progress(Callback):
         if state == "FAIL":
             reason = frozen.user_attrs.get(FAIL_REASON_ATTR, "unknown error")
             return f"Trial {frozen.number} FAIL after {epochs} epochs: {reason}; best {best}"
-        value = "none" if not frozen.values else f"{frozen.values[0]:.4f}"
+        last = frozen.values[0] if frozen.values else (frozen.user_attrs.get(EPOCH_VALUES_ATTR) or [None])[-1]
+        value = "none" if last is None else f"{last:.4f}"
         costs = "".join(
             f", {name} {frozen.values[index]:.4g}"
             for index, (name, _) in enumerate(self.study.objective.objectives)

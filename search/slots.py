@@ -104,8 +104,8 @@ def _build_choice(study, backbone: str, weights, term: str | None, value: Any) -
         model(torch.randn(2, channels, size, size)).sum().backward()
     except (ModelError, UnknownChoiceError) as error:
         return SlotChoice(backbone, term or "model", value, problem=f"space.{term}: {error}")
-    except RuntimeError as error:
-        first_line = str(error).splitlines()[0]
+    except (RuntimeError, AssertionError) as error:
+        first_line = (str(error) or type(error).__name__).splitlines()[0]
         return SlotChoice(
             backbone,
             term or "model",

@@ -24,8 +24,8 @@ RESOLVED_STUDY_FILE = "study.yaml"
 CONFIG_ATTR = "config"
 FAIL_REASON_ATTR = "fail_reason"
 STOP_REASON_ATTR = "stop_reason"
-# Written by the runner for every trial: pretrained tensors kept (a count) and the names of
-# the tensors initialised anew; and, with cost objectives, ``cost/<metric>`` per trial.
+# Written by the runner for every trial: the count of pretrained tensors kept and the names
+# of the tensors initialised anew. With cost objectives it also writes ``cost/<metric>``.
 WEIGHTS_KEPT_ATTR = "weights_kept"
 WEIGHTS_NEW_ATTR = "weights_new"
 COST_ATTR_PREFIX = "cost/"

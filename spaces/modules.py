@@ -133,7 +133,7 @@ class SlotEntry:
 
     ``accepts(model)`` returns None when ``model`` (a timm model) can take this entry, else
     the reason it cannot, which completes "model X cannot take ... because ...".
-    ``carry_over`` says in words which pretrained tensors the swap keeps.
+    ``carry_over`` describes in words which pretrained tensors the swap keeps.
     """
 
     name: str
@@ -193,8 +193,8 @@ class GeneralizedMeanPool(nn.Module):
     """Global generalized-mean (GeM) pooling: ``mean(x.clamp(eps) ** p) ** (1 / p)``.
 
     ``p`` is learned, starting at 3 (Radenovic et al., 2018). timm 1.0 has no GeM layer.
-    Inputs must be non-negative for the result to be a mean, which holds after ReLU-like
-    activations; smaller values are clamped to ``eps``.
+    Inputs must be non-negative for the result to be a mean, as they are after ReLU-like
+    activations. Smaller values are clamped to ``eps``.
     """
 
     def __init__(self, p: float = 3.0, eps: float = 1e-6, flatten: bool = True) -> None:
