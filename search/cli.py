@@ -46,7 +46,10 @@ def _command_run(args: argparse.Namespace) -> int:
     rows = trial_rows(result.optuna_study)
     maximize = study.objective.resolved_direction == "maximize"
     print(format_table(rows, study.objective.metric, maximize))
-    _print_best(best_summary(study, result.optuna_study))
+    summary = best_summary(study, result.optuna_study)
+    _print_best(summary)
+    if summary is not None:
+        _print_front(study, summary)
     print(f"Results: {result.run_dir} (storage {result.storage})")
     if args.test:
         _print_test(result.run_dir, args.address, not args.no_progress)
@@ -81,6 +84,13 @@ def _command_validate(args: argparse.Namespace) -> int:
         print(f"  model: {backbone}, weights {pretrained_source(study, backbone)}, {study.model.image_size} px")
     searched = [name for name in study.space if study.space[name].searched]
     print(f"  space: {', '.join(searched) or 'nothing searched'}")
+    objectives = ", ".join(f"{metric} ({direction})" for metric, direction in study.objective.objectives)
+    print(f"  objectives: {objectives}")
+    if prepared.slot_choices:
+        from search.slots import format_choices
+
+        print("  slot choices, each built on a batch of 2 (forward and backward):")
+        print("    " + format_choices(prepared.slot_choices).replace("\n", "\n    "))
     print(
         f"  budget: {study.budget.trials} trials of up to {study.budget.max_epochs} epochs, "
         f"{study.search.concurrency} at once, sampler {study.search.sampler}, "
@@ -102,6 +112,7 @@ def _command_best(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
         _print_best(summary)
+        _print_front(study, summary)
     if args.export:
         exported = best_study(study, summary["config"])
         Path(args.export).write_text(exported.to_yaml(), encoding="utf-8")
@@ -135,6 +146,13 @@ def _command_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_spaces(args: argparse.Namespace) -> int:
+    from search.slots import format_catalog
+
+    print(format_catalog())
+    return 0
+
+
 def _print_best(summary: dict | None) -> None:
     if summary is None:
         print("No trial completed.")
@@ -144,6 +162,16 @@ def _print_best(summary: dict | None) -> None:
         if value is None:
             continue
         print(f"  {name}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+
+
+def _print_front(study, summary: dict) -> None:
+    if "pareto_front" not in summary:
+        return
+    from search.pareto import format_front
+
+    front = summary["pareto_front"]
+    print(f"Pareto front: {len(front)} trials")
+    print(format_front(study, front))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate_parser = commands.add_parser("validate", help="check a study file without running it")
     validate_parser.add_argument("study", help="study file (YAML)")
     validate_parser.set_defaults(handler=_command_validate)
+
+    spaces_parser = commands.add_parser("spaces", help="list the search terms and every slot's choices")
+    spaces_parser.set_defaults(handler=_command_spaces)
 
     best_parser = commands.add_parser("best", help="print the best trial of a run")
     best_parser.add_argument("run", help="run directory, such as runs/digits")

@@ -1,7 +1,11 @@
 """Build the timm model of one trial: create it, load weights, then fill its slots.
 
-The steps run in this order: create, load pretrained weights, swap activations, replace the
-classifier head, freeze the stem and the first stages.
+The steps run in this order: create (with timm's drop_rate and drop_path_rate), load
+pretrained weights, swap norm layers, swap the global pool, swap activations, replace the
+classifier head, freeze the stem and the first stages, freeze batch-norm statistics.
+
+Every swap keeps each tensor of the replaced module whose name and shape still fit, and the
+LoadReport that ``build_model`` returns lists exactly the pretrained tensors that survived.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import timm.layers.activations as timm_act
 import timm.layers.activations_me as timm_act_me
 from timm.models import split_model_name_tag
 from timm.models._manipulate import MATCH_PREV_GROUP, group_parameters
+from timm.layers import DropPath
 from timm.utils import freeze
 from torch import nn
 
@@ -28,7 +33,7 @@ from search.weights import (
     classifier_prefixes,
     load_pretrained,
 )
-from spaces.modules import get_activation, get_head
+from spaces.modules import get_activation, get_head, get_norm, get_pool
 
 __all__ = [
     "CONFIG_KEYS",
@@ -40,14 +45,26 @@ __all__ = [
     "check_model",
     "count_stages",
     "create_model",
+    "freeze_bn_statistics",
     "freeze_stages",
     "replace_head",
     "swap_activations",
+    "swap_norms",
+    "swap_pool",
 ]
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEYS = ("activation", "frozen_stages", "head")
+CONFIG_KEYS = (
+    "activation",
+    "frozen_stages",
+    "head",
+    "norm",
+    "pool",
+    "drop_rate",
+    "drop_path_rate",
+    "freeze_bn_stats",
+)
 
 # Activation modules that `activation` replaces. Gates are left alone because they scale a
 # signal instead of activating it: nn.Sigmoid, nn.Hardsigmoid, nn.Tanh and timm's Sigmoid,
@@ -89,8 +106,13 @@ class ModelConfig:
 
     activation: str | None = None  # None keeps the model's own activations
     head: str = "linear"
-    head_params: dict[str, int | float] = field(default_factory=dict)
+    head_params: dict[str, int | float | str] = field(default_factory=dict)
     frozen_stages: int = 0
+    norm: str | None = None  # None keeps the model's own norm layers
+    pool: str | None = None  # None keeps the model's own global pool
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    freeze_bn_stats: bool = False
 
 
 def check_model(model_name: str, in_chans: int = 3) -> None:
@@ -135,7 +157,38 @@ def check_config(config: Mapping[str, Any] | None) -> ModelConfig:
         get_activation(activation)
     head, head_params = _check_head(config.get("head"))
     frozen_stages = _check_frozen_stages(config.get("frozen_stages", 0))
-    return ModelConfig(activation, head, head_params, frozen_stages)
+    norm, pool = config.get("norm"), config.get("pool")
+    if norm is not None:
+        get_norm(norm)
+    if pool is not None:
+        get_pool(pool)
+    return ModelConfig(
+        activation,
+        head,
+        head_params,
+        frozen_stages,
+        norm,
+        pool,
+        _check_rate(config, "drop_rate"),
+        _check_rate(config, "drop_path_rate"),
+        _check_flag(config, "freeze_bn_stats"),
+    )
+
+
+def _check_rate(config: Mapping[str, Any], key: str) -> float:
+    value = config.get(key) or 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{key} must be a number in [0, 1), got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ModelError(f"{key} must be in [0, 1) (0 turns it off), got {value!r}")
+    return float(value)
+
+
+def _check_flag(config: Mapping[str, Any], key: str) -> bool:
+    value = config.get(key, False)
+    if not isinstance(value, bool):
+        raise TypeError(f"{key} must be true or false, got {value!r}")
+    return value
 
 
 def _check_head(head: Mapping[str, Any] | None) -> tuple[str, dict[str, int | float]]:
@@ -175,9 +228,20 @@ def build_model(
     Example: ``build_model("resnet10t", 10, {"head": {"name": "mlp", "hidden": 64}})``.
     """
     settings = check_config(config)
-    model = create_model(model_name, num_classes, in_chans)
+    model = create_model(
+        model_name,
+        num_classes,
+        in_chans,
+        drop_rate=settings.drop_rate,
+        drop_path_rate=settings.drop_path_rate,
+    )
     report = load_pretrained(model, weights) if weights is not None else None
+    loaded_shapes = {key: tensor.shape for key, tensor in model.state_dict().items()}
 
+    if settings.norm is not None:
+        swap_norms(model, settings.norm)
+    if settings.pool is not None:
+        swap_pool(model, settings.pool)
     if settings.activation is not None:
         swap_activations(model, settings.activation)
     report = replace_head(model, settings.head, settings.head_params, report)
@@ -190,17 +254,146 @@ def build_model(
             model_name,
         )
     freeze_stages(model, settings.frozen_stages)
-    return model, report
+    if settings.freeze_bn_stats:
+        freeze_bn_statistics(model)
+    return model, _surviving_tensors(model, report, loaded_shapes)
 
 
-def create_model(model_name: str, num_classes: int, in_chans: int = 3) -> nn.Module:
-    """Create ``model_name`` with random weights, or raise ModelError for an unknown name."""
+def _surviving_tensors(
+    model: nn.Module, report: LoadReport | None, loaded_shapes: Mapping[str, Any]
+) -> LoadReport | None:
+    """Return the report of the finished model: kept tensors whose name and shape survived.
+
+    Swaps copy every tensor whose name and shape fit into the new module, and replace_head
+    already moved the classifier to ``new``, so a kept name with its loaded shape contains the
+    pretrained value.
+    """
+    if report is None:
+        return None
+    kept = set(report.kept)
+    state = model.state_dict()
+    survived = [
+        key for key in state if key in kept and state[key].shape == loaded_shapes.get(key)
+    ]
+    surviving = set(survived)
+    return LoadReport(kept=survived, new=[key for key in state if key not in surviving])
+
+
+def create_model(
+    model_name: str,
+    num_classes: int,
+    in_chans: int = 3,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+) -> nn.Module:
+    """Create ``model_name`` with random weights, or raise ModelError for an unknown name.
+
+    ``drop_rate`` and ``drop_path_rate`` go to timm only when above 0, so models that do not
+    take them still build. A model that takes drop_path_rate but builds no DropPath layer
+    raises ModelError, since the rate would be ignored.
+    """
     check_model(model_name, in_chans)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ModelError(f"num_classes must be a positive int, got {num_classes!r}")
-    return timm.create_model(
-        model_name, pretrained=False, num_classes=num_classes, in_chans=in_chans
-    )
+    rates = {name: rate for name, rate in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)) if rate}
+    try:
+        model = timm.create_model(
+            model_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **rates
+        )
+    except TypeError as error:
+        rejected = [name for name in rates if name in str(error)]
+        if not rejected:
+            raise
+        raise ModelError(
+            f"model {model_name!r} does not accept {rejected[0]} (timm: {error}). "
+            f"Remove {rejected[0]} from the space or choose another model"
+        ) from None
+    if drop_path_rate and not any(isinstance(module, DropPath) for module in model.modules()):
+        raise ModelError(
+            f"model {model_name!r} takes drop_path_rate but has no DropPath layers, so the rate "
+            "would be ignored. Remove drop_path_rate from the space or choose another model"
+        )
+    return model
+
+
+def _replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    """Put ``new`` at ``path``, first copying the old module's tensors whose name and shape fit."""
+    old_state = model.get_submodule(path).state_dict()
+    new_state = new.state_dict()
+    fitting = {
+        key: tensor
+        for key, tensor in old_state.items()
+        if key in new_state and new_state[key].shape == tensor.shape
+    }
+    new.load_state_dict(fitting, strict=False)
+    model.set_submodule(path, new)
+
+
+def _reject(model: nn.Module, slot: str, name: str, reason: str | None) -> None:
+    if reason is not None:
+        raise ModelError(
+            f"model {architecture_name(model)!r} cannot take {slot} {name!r}: {reason}. "
+            f"Remove {name!r} from the {slot} choices or choose another model"
+        )
+
+
+def swap_norms(model: nn.Module, name: str) -> int:
+    """Replace every BatchNorm2d of ``model`` with the NORMS entry ``name``; return the count."""
+    entry = get_norm(name)
+    _reject(model, "norm", name, entry.rejects(model))
+    paths = [
+        path for path, module in model.named_modules() if path and isinstance(module, nn.BatchNorm2d)
+    ]
+    for path in paths:
+        old = model.get_submodule(path)
+        new = entry.build(old)
+        if new is not old:
+            _replace_module(model, path, new)
+    log.debug("replaced %d norm layers of %s with %s", len(paths), architecture_name(model), name)
+    return len(paths)
+
+
+def swap_pool(model: nn.Module, name: str) -> None:
+    """Replace the model's ``global_pool`` with the POOLS entry ``name``.
+
+    A pool that changes the feature width (catavgmax) also gets a new Linear classifier.
+    """
+    entry = get_pool(name)
+    _reject(model, "pool", name, entry.rejects(model))
+    old_multiple = _feature_multiple(model.global_pool)
+    _replace_module(model, "global_pool", entry.build(model.global_pool))
+
+    new_multiple = _feature_multiple(model.global_pool)
+    if new_multiple != old_multiple:
+        # The catavgmax entry accepts only models whose classifier takes the pooled features.
+        path = _classifier_path(model)
+        classifier = model.get_submodule(path)
+        width = classifier.in_features // old_multiple * new_multiple
+        _replace_module(model, path, nn.Linear(width, classifier.out_features))
+    log.debug("replaced the global pool of %s with %s", architecture_name(model), name)
+
+
+def _feature_multiple(pool: nn.Module) -> int:
+    from timm.layers import SelectAdaptivePool2d
+
+    return pool.feat_mult() if isinstance(pool, SelectAdaptivePool2d) else 1
+
+
+def freeze_bn_statistics(model: nn.Module) -> int:
+    """Keep every BatchNorm2d in eval mode, so it normalizes with its running statistics.
+
+    Its affine weights still train. Returns the number of layers changed.
+    """
+    layers = [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
+    for layer in layers:
+        layer.register_forward_pre_hook(_stay_in_eval_mode)
+    return len(layers)
+
+
+def _stay_in_eval_mode(module: nn.Module, args: Any) -> None:
+    # model.train() sets every layer to training mode before each epoch; this undoes it for
+    # the batch-norm layer just before it runs.
+    module.train(False)
 
 
 def swap_activations(model: nn.Module, name: str) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from search.study import Study, StudyError
@@ -31,6 +31,7 @@ class Prepared:
     normalization: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
     # The model factory's callable when the study names model.factory; see search.factories.
     model_factory: Any = None
+    slot_choices: list = field(default_factory=list)  # search.slots.SlotChoice per built choice
 
 
 def pretrained_source(study: Study, backbone: str) -> str:
@@ -60,6 +61,12 @@ def prepare(study: Study, load_data: bool = True) -> Prepared:
             problems += error.problems
             continue
         normalization[backbone] = _normalization(study, backbone, weights[backbone])
+    slot_rows = []
+    if not problems:
+        from search.slots import check_slot_choices
+
+        slot_rows, slot_problems = check_slot_choices(study, weights)
+        problems += slot_problems
     if problems:
         raise StudyError(problems)
     dataset = None
@@ -73,7 +80,7 @@ def prepare(study: Study, load_data: bool = True) -> Prepared:
         dataset = load_dataset(
             study.data, study.model.image_size, study.model.in_chans, max_batch_size(study)
         )
-    return Prepared(dataset, weights, normalization)
+    return Prepared(dataset, weights, normalization, slot_choices=slot_rows)
 
 
 def max_batch_size(study: Study) -> int:
@@ -174,8 +181,9 @@ def _forward_tiny_batch(model, study: Study) -> None:
     try:
         model.train()
         model(x).sum().backward()
-    except RuntimeError as error:
-        first_line = str(error).splitlines()[0]
+    except (RuntimeError, AssertionError) as error:
+        # timm checks input sizes with assert (a ViT's patch embedding, for one).
+        first_line = (str(error) or type(error).__name__).splitlines()[0]
         raise StudyError(
             f"model.image_size: {study.model.name} cannot take {size}x{size} images "
             f"({first_line}); choose a larger image_size"

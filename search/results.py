@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from search.factories import FACTORY_PARAMS
-from search.storage import FAIL_REASON_ATTR, STOP_REASON_ATTR, trial_config
+from search.storage import EPOCH_VALUES_ATTR, FAIL_REASON_ATTR, STOP_REASON_ATTR, trial_config
 from search.study import Study
 
 __all__ = ["best_summary", "best_trial", "best_study", "format_table", "trial_rows"]
@@ -20,12 +20,13 @@ def best_trial(optuna_study):
     complete = [
         trial
         for trial in optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if trial.value is not None and math.isfinite(trial.value)
+        if trial.values and math.isfinite(trial.values[0])
     ]
     if not complete:
         return None
-    maximize = optuna_study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return (max if maximize else min)(complete, key=lambda trial: trial.value)
+    # With several objectives the best trial is the best in the first (validation) objective.
+    maximize = optuna_study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    return (max if maximize else min)(complete, key=lambda trial: trial.values[0])
 
 
 def best_summary(study: Study, optuna_study) -> dict[str, Any] | None:
@@ -33,16 +34,24 @@ def best_summary(study: Study, optuna_study) -> dict[str, Any] | None:
     trial = best_trial(optuna_study)
     if trial is None:
         return None
-    return {
+    summary = {
         "study": study.name,
         "trial": trial.number,
         "metric": study.objective.metric,
         "direction": study.objective.resolved_direction,
-        "value": trial.value,
-        "epochs": len(trial.intermediate_values),
+        "value": trial.values[0],
+        "epochs": len(trial.intermediate_values) or len(trial.user_attrs.get(EPOCH_VALUES_ATTR, [])),
         "params": dict(trial.params),
         "config": trial_config(trial),
     }
+    if len(study.objective.objectives) > 1:
+        from search.pareto import pareto_front
+
+        summary["objectives"] = [
+            {"metric": metric, "direction": direction} for metric, direction in study.objective.objectives
+        ]
+        summary["pareto_front"] = pareto_front(study, optuna_study)
+    return summary
 
 
 def best_study(study: Study, config: dict[str, Any]) -> Study:
@@ -77,8 +86,9 @@ def trial_rows(optuna_study) -> list[dict[str, Any]]:
             {
                 "trial": trial.number,
                 "state": trial.state.name,
-                "value": trial.value,
-                "epochs": len(trial.intermediate_values),
+                "value": trial.values[0] if trial.values else None,
+                "values": list(trial.values) if trial.values else None,
+                "epochs": len(trial.intermediate_values) or len(trial.user_attrs.get(EPOCH_VALUES_ATTR, [])),
                 "seconds": seconds,
                 "params": dict(trial.params),
                 "reason": reason,

@@ -35,6 +35,7 @@ from search.storage import (
     open_storage,
     storage_url,
 )
+from search.storage import COST_ATTR_PREFIX, EPOCH_VALUES_ATTR, WEIGHTS_KEPT_ATTR, WEIGHTS_NEW_ATTR
 from search.study import Study, StudyError
 from spaces.terms import resolve_config
 
@@ -156,7 +157,9 @@ def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    searcher = _StudySearcher(study, create_sampler(study.search), storage)
+    searcher = _StudySearcher(
+        study, create_sampler(study.search), storage, meter=_architecture_meter(study, prepared)
+    )
     settings = TrialSettings(
         model_name=study.model.name or study.model.factory,
         in_chans=study.model.in_chans,
@@ -201,6 +204,21 @@ def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool):
     return searcher.optuna_study
 
 
+def _architecture_meter(study: Study, prepared):
+    """Return the driver's meter of weight carry-over and the study's cost metrics."""
+    from search.cost import ArchitectureMeter
+    from search.objectives import COST_METRICS
+
+    return ArchitectureMeter(
+        study.model.name,
+        prepared.dataset.num_classes,
+        study.model.image_size,
+        study.model.in_chans,
+        prepared.weights,
+        tuple(metric for metric, _ in study.objective.objectives if metric in COST_METRICS),
+    )
+
+
 @contextlib.contextmanager
 def _quiet_tune_output():
     """Turn off Ray Tune's own console tables and snapshot warnings while a study runs."""
@@ -242,7 +260,10 @@ def _trial_error_text(trial) -> str:
 class _StudySearcher(OptunaSearch):
     """OptunaSearch that keeps one Optuna trial per Ray trial with the right final state."""
 
-    def __init__(self, study: Study, sampler, storage):
+    def __init__(self, study: Study, sampler, storage, meter=None):
+        self.study = study
+        self.meter = meter
+        self.architectures: dict[str, Any] = {}
         super().__init__(
             space=study.space.suggest,
             metric=study.objective.metric,
@@ -251,7 +272,6 @@ class _StudySearcher(OptunaSearch):
             study_name=study.name,
             storage=storage,
         )
-        self.study = study
         self.reported_epochs: dict[str, int] = {}
         # Named objectives appear in optuna-dashboard and ftsearch's report instead of "value".
         metrics = self._metric if isinstance(self._metric, list) else [self._metric]
@@ -261,6 +281,56 @@ class _StudySearcher(OptunaSearch):
     def optuna_study(self):
         return self._ot_study
 
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.study.objective.objectives) > 1
+
+    def _setup_study(self, mode):
+        """Create the Optuna study with one direction per objective when there are several.
+
+        The searcher's own metric stays the validation metric, which Tune checks in every
+        result and the scheduler uses; cost values join it at tell time.
+        """
+        if not self.multi_objective:
+            return super()._setup_study(mode)
+        self._ot_study = optuna.create_study(
+            storage=self._storage,
+            sampler=self._sampler,
+            pruner=optuna.pruners.NopPruner(),
+            study_name=self._study_name,
+            load_if_exists=True,
+            directions=[direction for _, direction in self.study.objective.objectives],
+        )
+        return None
+
+    def _record_architecture(self, trial_id: str, ot_trial, config: dict[str, Any]) -> None:
+        """Store the trial's weight carry-over and cost as user attributes, and log one line."""
+        if self.meter is None:
+            return
+        try:
+            measured = self.meter.measure(config)
+        except (ValueError, RuntimeError) as error:
+            # The trial's worker builds the same model, so it fails too and the trial ends FAIL.
+            logger.warning("Trial %d: building its model to measure it failed: %s", ot_trial.number, error)
+            return
+        self.architectures[trial_id] = measured
+        ot_trial.set_user_attr(WEIGHTS_KEPT_ATTR, measured.weights_kept)
+        ot_trial.set_user_attr(WEIGHTS_NEW_ATTR, measured.weights_new)
+        for metric, value in measured.cost.items():
+            ot_trial.set_user_attr(f"{COST_ATTR_PREFIX}{metric}", value)
+        logger.info("Trial %d: %s", ot_trial.number, measured.describe())
+
+    def _objective_values(self, trial_id: str, result: dict) -> list[float] | None:
+        """Return every objective's value for ``result``, or None when one is missing."""
+        cost = self.architectures[trial_id].cost if trial_id in self.architectures else {}
+        values = []
+        for metric, _ in self.study.objective.objectives:
+            value = cost.get(metric, result.get(metric))
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                return None
+            values.append(float(value))
+        return values
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if trial_id not in self._ot_trials:
             self._ot_trials[trial_id] = self._ot_study.ask()
@@ -269,6 +339,7 @@ class _StudySearcher(OptunaSearch):
         config = drop_timm_only_terms(self.study, config)
         ot_trial.set_user_attr(CONFIG_ATTR, json.dumps(config, sort_keys=True))
         ot_trial.set_user_attr("ray_trial_id", trial_id)
+        self._record_architecture(trial_id, ot_trial, config)
         return {"trial": config, "number": ot_trial.number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -284,7 +355,14 @@ class _StudySearcher(OptunaSearch):
             return
         if self.reported_epochs.get(trial_id, 0) >= int(epoch):
             return
-        self._ot_trials[trial_id].report(float(value), int(epoch))
+        if self.multi_objective:
+            # Optuna keeps no intermediate values for several objectives, so the first
+            # objective's value per epoch goes to a user attribute instead.
+            ot_trial = self._ot_trials[trial_id]
+            epochs = list(ot_trial.user_attrs.get(EPOCH_VALUES_ATTR, []))
+            ot_trial.set_user_attr(EPOCH_VALUES_ATTR, [*epochs, float(value)])
+        else:
+            self._ot_trials[trial_id].report(float(value), int(epoch))
         self.reported_epochs[trial_id] = int(epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -298,7 +376,10 @@ class _StudySearcher(OptunaSearch):
         epoch = int(result.get("epoch") or 0)
         value = result.get(self._metric)
         finished = epoch >= self.study.budget.max_epochs
-        if finished and isinstance(value, (int, float)) and math.isfinite(value):
+        values = self._objective_values(trial_id, result) if self.multi_objective else None
+        if finished and values is not None:
+            self._ot_study.tell(ot_trial, values)
+        elif finished and not self.multi_objective and isinstance(value, (int, float)) and math.isfinite(value):
             self._ot_study.tell(ot_trial, float(value))
         else:
             reason = (
@@ -376,24 +457,31 @@ class _Progress(Callback):
             return
         self.bar.update(1)
         if frozen.state.name == "COMPLETE":
+            value = frozen.values[0]
             better = self.best is None or (
-                frozen.value > self.best[0] if self.maximize else frozen.value < self.best[0]
+                value > self.best[0] if self.maximize else value < self.best[0]
             )
             if better:
-                self.best = (frozen.value, frozen.number)
+                self.best = (value, frozen.number)
         self._update_postfix()
         logger.info(self._trial_line(frozen))
 
     def _trial_line(self, frozen) -> str:
         metric = self.study.objective.metric
-        epochs = len(frozen.intermediate_values)
+        epochs = len(frozen.intermediate_values) or len(frozen.user_attrs.get(EPOCH_VALUES_ATTR, []))
         best = "none yet" if self.best is None else f"{self.best[0]:.4f} (trial {self.best[1]})"
         state = frozen.state.name
         if state == "FAIL":
             reason = frozen.user_attrs.get(FAIL_REASON_ATTR, "unknown error")
             return f"Trial {frozen.number} FAIL after {epochs} epochs: {reason}; best {best}"
-        value = "none" if frozen.value is None else f"{frozen.value:.4f}"
-        return f"Trial {frozen.number} {state}: {metric} {value} after {epochs} epochs; best {best}"
+        last = frozen.values[0] if frozen.values else (frozen.user_attrs.get(EPOCH_VALUES_ATTR) or [None])[-1]
+        value = "none" if last is None else f"{last:.4f}"
+        costs = "".join(
+            f", {name} {frozen.values[index]:.4g}"
+            for index, (name, _) in enumerate(self.study.objective.objectives)
+            if index > 0 and frozen.values
+        )
+        return f"Trial {frozen.number} {state}: {metric} {value}{costs} after {epochs} epochs; best {best}"
 
     def _update_postfix(self) -> None:
         best = "-" if self.best is None else f"{self.best[0]:.4f}"

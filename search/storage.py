@@ -24,6 +24,14 @@ RESOLVED_STUDY_FILE = "study.yaml"
 CONFIG_ATTR = "config"
 FAIL_REASON_ATTR = "fail_reason"
 STOP_REASON_ATTR = "stop_reason"
+# Written by the runner for every trial: the count of pretrained tensors kept and the names
+# of the tensors initialised anew. With cost objectives it also writes ``cost/<metric>``.
+WEIGHTS_KEPT_ATTR = "weights_kept"
+WEIGHTS_NEW_ATTR = "weights_new"
+COST_ATTR_PREFIX = "cost/"
+# With several objectives Optuna stores no intermediate values, so the first objective's
+# value after each epoch is kept in this user attribute, a list indexed by epoch - 1.
+EPOCH_VALUES_ATTR = "epoch_values"
 
 
 def storage_url(study, run_dir: Path) -> str:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
-__all__ = ["create_sampler", "create_scheduler"]
+import optuna
+
+__all__ = ["PicklableNSGAIISampler", "create_sampler", "create_scheduler"]
 
 
 def create_sampler(search, directions: int = 1) -> Any:
@@ -23,8 +27,32 @@ def create_sampler(search, directions: int = 1) -> Any:
     if search.sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed, **startup)
     if search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        # startup_trials sets the size of NSGA-II's first, random generation (Optuna's default 50).
+        population = {} if search.startup_trials is None else {"population_size": max(2, search.startup_trials)}
+        if search.startup_trials is not None and search.startup_trials < 2:
+            logging.getLogger(__name__).warning(
+                "search.startup_trials %d is below NSGA-II's smallest population; using 2",
+                search.startup_trials,
+            )
+        return PicklableNSGAIISampler(seed=seed, **population)
     raise ValueError(f"search.sampler: unknown sampler {search.sampler!r}")
+
+
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """NSGAIISampler that Ray Tune can pickle with its searcher.
+
+    Optuna 5.1's NSGAIISampler holds a threading.Lock, which pickle rejects, so the Tuner
+    failed to start. The lock is dropped on pickling and made anew on unpickling.
+    """
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 def create_scheduler(study) -> Any:

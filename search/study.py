@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from search.objectives import check_objective, resolve_objective, resolve_sampler
 from spaces.params import Space, SpaceError
 from spaces.terms import check_space
 
@@ -121,6 +122,15 @@ class ObjectiveSettings:
 
     metric: str = _option(str, _one_of(tuple(REPORTED_METRICS)), default="val_accuracy")
     direction: str | None = _option((str, type(None)), _one_of(("maximize", "minimize")), default=None)
+    # The list form (see search.objectives): [{metric, direction}, ...], first the validation metric.
+    metrics: list | None = _option((list, type(None)), default=None)
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """Every objective as (metric, direction), the validation metric first."""
+        if self.metrics:
+            return [(entry["metric"], entry["direction"]) for entry in self.metrics]
+        return [(self.metric, self.resolved_direction)]
 
     @property
     def mode(self) -> str:
@@ -254,10 +264,13 @@ class Study:
         problems += check_factory_study(mapping, sections, space)
         problems += _check_across_sections(sections)
         problems += _check_data_source(sections["data"])
+        problems += check_objective(mapping.get("objective"))
         if problems:
             raise StudyError(problems)
         sections["data"] = _resolve_data_path(sections["data"], source)
         sections["model"] = _resolve_weight_files(sections["model"], source)
+        sections["objective"] = resolve_objective(sections["objective"])
+        sections["search"] = resolve_sampler(sections["search"], mapping.get("search"), sections["objective"])
         study = cls(name=name, space=space, storage=storage, source=source, **sections)
         study._warn_about_replaced_settings()
         return study

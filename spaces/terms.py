@@ -31,7 +31,7 @@ __all__ = ["TERMS", "Term", "check_space", "model_config", "resolve_config"]
 class Term:
     """A search term: its kind of value, the rule each value must meet, and its default.
 
-    ``kind`` is ``"float"``, ``"int"``, ``"name"`` (text from a registry) or ``"head"``
+    ``kind`` is ``"float"``, ``"int"``, ``"bool"``, ``"name"`` (text from a registry) or ``"head"``
     (a classifier head with its own parameters). ``rule`` returns None for a valid value, or
     text that completes "must ...". ``target`` says what consumes the term: ``"model"`` terms
     go to ``search.model.build_model``, ``"training"`` terms to the training loop.
@@ -67,6 +67,8 @@ class Term:
             return f"{key}: {self.name} is {expected}, not a float range; write type: int"
         if self.kind == "name" and isinstance(param, IntRange):
             return f"{key}: {self.name} is a name; write {{choices: [...]}} with names"
+        if self.kind == "bool" and isinstance(param, (FloatRange, IntRange)):
+            return f"{key}: {self.name} is true or false; write {{choices: [false, true]}}"
         return None
 
     def _check_value(self, value: Any, key: str) -> str | None:
@@ -77,6 +79,8 @@ class Term:
             )
         if self.kind == "name":
             return _check_name(self, value, key)
+        if self.kind == "bool" and not isinstance(value, bool):
+            return f"{key}: expected true or false, got {value!r}"
         if self.kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
             return f"{key}: expected an integer, got {value!r}"
         if self.kind == "float":
@@ -153,6 +157,45 @@ TERMS: dict[str, Term] = {
             0,
             "0 trains everything; k > 0 freezes the stem and the first k stages",
             rule=_at_least(0),
+            target="model",
+        ),
+        Term(
+            "norm",
+            "name",
+            None,
+            "norm layer swapped in for every BatchNorm2d of the model; none keeps its own",
+            names=lambda: sorted(modules.NORMS),
+            target="model",
+        ),
+        Term(
+            "pool",
+            "name",
+            None,
+            "global pooling before the classifier; none keeps the model's own",
+            names=lambda: sorted(modules.POOLS),
+            target="model",
+        ),
+        Term(
+            "drop_rate",
+            "float",
+            0.0,
+            "dropout probability before the classifier (timm's drop_rate)",
+            rule=_between(0.0, 1.0, high_open=True),
+            target="model",
+        ),
+        Term(
+            "drop_path_rate",
+            "float",
+            0.0,
+            "stochastic-depth rate of the residual blocks (timm's drop_path_rate)",
+            rule=_between(0.0, 1.0, high_open=True),
+            target="model",
+        ),
+        Term(
+            "freeze_bn_stats",
+            "bool",
+            False,
+            "true keeps every trainable BatchNorm2d in eval mode, so running statistics stay fixed",
             target="model",
         ),
     ]

@@ -267,7 +267,7 @@ def test_check_config_fills_head_defaults():
         {"head": {"name": "mlp", "hidden": 32}, "activation": "mish", "frozen_stages": 2}
     )
 
-    assert config.head_params == {"hidden": 32, "dropout": 0.0}
+    assert config.head_params == {"hidden": 32, "dropout": 0.0, "activation": "relu"}
     assert config.activation == "mish"
     assert config.frozen_stages == 2
 
@@ -283,7 +283,7 @@ def test_check_config_fills_head_defaults():
         (
             {"activation": "swishy"},
             UnknownChoiceError,
-            "unknown activation 'swishy'; valid activations: gelu, hard_swish, ",
+            "unknown activation 'swishy'; valid activations: elu, gelu, hard_swish, ",
         ),
         (
             {"head": {"hidden": 3}},

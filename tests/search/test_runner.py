@@ -100,6 +100,7 @@ def test_config_attribute_is_complete(finished_run):
     config = json.loads(result.optuna_study.trials[0].user_attrs["config"])
     assert set(config) == {
         "backbone", "activation", "head", "lr", "weight_decay", "label_smoothing", "batch_size", "frozen_stages",
+        "norm", "pool", "drop_rate", "drop_path_rate", "freeze_bn_stats",
     }
     assert config["batch_size"] == 64
     assert config["head"] == {"name": "linear"}

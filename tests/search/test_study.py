@@ -45,15 +45,15 @@ def test_tiny_study_is_valid():
         ({"space": {"activation": {"choices": []}}}, "space.activation.choices: empty choice list"),
         (
             {"space": {"activation": {"choices": ["relu", "swishy"]}}},
-            "space.activation: unknown activation 'swishy' (did you mean hard_swish, mish?); valid names: gelu, hard_swish, leaky_relu, mish, relu, relu6, silu",
+            "space.activation: unknown activation 'swishy' (did you mean hard_swish, mish?); valid names: elu, gelu, hard_swish, leaky_relu, mish, relu, relu6, silu",
         ),
         (
             {"space": {"head": {"choices": ["linear", "transformer"]}}},
-            "space.head: unknown head 'transformer'; valid heads: linear, mlp",
+            "space.head: unknown head 'transformer'; valid heads: cosine, linear, mlp",
         ),
         (
             {"space": {"head": {"choices": {"mlp": {"width": 3}}}}},
-            "space.head.choices.mlp.width: head 'mlp' has no parameter 'width'; its parameters: dropout, hidden",
+            "space.head.choices.mlp.width: head 'mlp' has no parameter 'width'; its parameters: activation, dropout, hidden",
         ),
         (
             {"space": {"head": {"choices": {"mlp": {"dropout": {"type": "float", "low": 0.5, "high": 1.0}}}}}},

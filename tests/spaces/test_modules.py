@@ -48,22 +48,26 @@ def test_head_entry_contract(name):
     ids=lambda value: value if isinstance(value, str) else value.name,
 )
 def test_head_param_default_is_valid(head, spec):
-    assert spec.kind in ("int", "float")
+    assert spec.kind in ("int", "float", "name")
     assert spec.validate(spec.default, f"head {head!r}") == spec.default
     assert spec.description
 
 
 def test_head_registry_names():
-    assert set(HEADS) == {"linear", "mlp"}
+    assert set(HEADS) == {"linear", "mlp", "cosine"}
     assert get_head("linear").params == ()
     assert {spec.name: spec.kind for spec in get_head("mlp").params} == {
         "hidden": "int",
         "dropout": "float",
+        "activation": "name",
     }
+    assert {spec.name: spec.kind for spec in get_head("cosine").params} == {"scale": "float"}
 
 
 def test_activation_registry_names():
-    assert set(ACTIVATIONS) == {"relu", "relu6", "leaky_relu", "silu", "gelu", "hard_swish", "mish"}
+    assert set(ACTIVATIONS) == {
+        "relu", "relu6", "leaky_relu", "silu", "gelu", "hard_swish", "mish", "elu",
+    }
 
 
 def test_mlp_head_layers():
@@ -87,7 +91,7 @@ def test_unknown_activation_message():
 
     assert str(caught.value) == (
         "unknown activation 'swishy'; valid activations: "
-        "gelu, hard_swish, leaky_relu, mish, relu, relu6, silu"
+        "elu, gelu, hard_swish, leaky_relu, mish, relu, relu6, silu"
     )
     assert isinstance(caught.value, ValueError)
     assert caught.value.kind == "activation"
@@ -96,14 +100,14 @@ def test_unknown_activation_message():
 
 def test_unknown_head_message():
     with pytest.raises(
-        UnknownChoiceError, match=r"^unknown head 'attention'; valid heads: linear, mlp$"
+        UnknownChoiceError, match=r"^unknown head 'attention'; valid heads: cosine, linear, mlp$"
     ):
         get_head("attention")
 
 
 def test_non_string_name_rejected():
     with pytest.raises(
-        UnknownChoiceError, match=r"^unknown activation None; valid activations: gelu, "
+        UnknownChoiceError, match=r"^unknown activation None; valid activations: elu, gelu, "
     ):
         get_activation(None)
 
@@ -113,7 +117,7 @@ def test_unknown_head_param_lists_valid():
         get_head("mlp").resolve_params("head", {"hiden": 64})
 
     assert str(caught.value) == (
-        "unknown head 'mlp' parameter 'hiden'; valid head 'mlp' parameters: dropout, hidden"
+        "unknown head 'mlp' parameter 'hiden'; valid head 'mlp' parameters: activation, dropout, hidden"
     )
 
 
@@ -129,7 +133,7 @@ def test_linear_head_takes_no_params():
 def test_mlp_params_defaults_and_overrides():
     params = get_head("mlp").resolve_params("head", {"hidden": 64})
 
-    assert params == {"hidden": 64, "dropout": 0.0}
+    assert params == {"hidden": 64, "dropout": 0.0, "activation": "relu"}
 
 
 @pytest.mark.parametrize(
@@ -180,11 +184,13 @@ def test_mlp_param_errors(values, error, message):
 
 
 def test_int_accepted_for_float_param():
-    assert get_head("mlp").resolve_params("head", {"dropout": 0}) == {"hidden": 128, "dropout": 0}
+    assert get_head("mlp").resolve_params("head", {"dropout": 0}) == {
+        "hidden": 128, "dropout": 0, "activation": "relu",
+    }
 
 
 def test_param_spec_rejects_unknown_kind():
-    with pytest.raises(ValueError, match="kind must be 'int' or 'float', not 'str'"):
+    with pytest.raises(ValueError, match="kind must be 'int', 'float' or 'name', not 'str'"):
         ParamSpec("name", "str", "a", low=0)
 
 
