@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from search.optim import check_optimizers
 from search.study import Study, StudyError
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def prepare(study: Study, load_data: bool = True) -> Prepared:
             problems += error.problems
             continue
         normalization[backbone] = _normalization(study, backbone, weights[backbone])
+    problems += check_optimizers(study)
     if problems:
         raise StudyError(problems)
     dataset = None

@@ -161,6 +161,8 @@ def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool):
         cpus=study.resources.cpus,
         gpus=study.resources.gpus,
         normalization=prepared.normalization,
+        metric=study.objective.metric,
+        mode=study.objective.mode,
     )
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -288,8 +290,11 @@ class _StudySearcher(OptunaSearch):
         self._report(trial_id, result)
         epoch = int(result.get("epoch") or 0)
         value = result.get(self._metric)
-        finished = epoch >= self.study.budget.max_epochs
+        # A trial that stopped itself by early stopping marks its last result finished.
+        finished = epoch >= self.study.budget.max_epochs or result.get("finished") is True
         if finished and isinstance(value, (int, float)) and math.isfinite(value):
+            if result.get("stop_reason"):
+                ot_trial.set_user_attr(STOP_REASON_ATTR, str(result["stop_reason"]))
             self._ot_study.tell(ot_trial, float(value))
         else:
             reason = (
