@@ -1,9 +1,10 @@
 """Training-image augmentation of one trial, through timm's transform factory.
 
 The study's images are shared uint8 arrays (N, C, H, W) at the model's image size. When any
-augmentation term differs from its default, each training image of a batch becomes a PIL image
-that ``timm.data.create_transform(..., is_training=True)`` crops, flips, jitters, augments,
-normalizes and erases; otherwise the trainable keeps its tensor path, which only normalizes.
+augmentation term differs from its default, each training image of a batch becomes a PIL image.
+``timm.data.create_transform(..., is_training=True)`` then crops, flips, jitters, augments,
+normalizes and erases it. With every augmentation term at its default, the trainable keeps its
+tensor path, which only normalizes.
 """
 
 from __future__ import annotations
@@ -16,17 +17,10 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AUGMENT_TERMS", "AugmentedBatches", "augmentation_active", "build_train_transform", "to_pil"]
+__all__ = ["AugmentedBatches", "augmentation_active", "build_train_transform", "to_pil"]
 
-AUGMENT_TERMS = (
-    "randaugment_ops",
-    "randaugment_magnitude",
-    "crop_scale_min",
-    "hflip",
-    "color_jitter",
-    "random_erasing_prob",
-)
-# The values that leave an image as it is; randaugment_magnitude matters only with operations.
+# The values of the augmentation terms that leave an image as it is. randaugment_magnitude is
+# missing because it changes nothing while randaugment_ops is 0.
 _OFF = {"randaugment_ops": 0, "crop_scale_min": 1.0, "hflip": 0.0, "color_jitter": 0.0, "random_erasing_prob": 0.0}
 
 

@@ -126,8 +126,8 @@ def build_scheduler(optimizer, config: Mapping[str, Any], max_epochs: int, steps
     schedule = config["schedule"]
     per_epoch = schedule == "plateau"
     with warnings.catch_warnings():
-        # timm 1.0.31 marks PlateauLRScheduler deprecated because its state is not checkpointed;
-        # the trainable saves what its state_dict holds.
+        # timm 1.0.31 marks PlateauLRScheduler deprecated because its state_dict leaves out the
+        # count of bad epochs. The trainable checkpoints the rest (best value and last epoch).
         warnings.filterwarnings("ignore", message="PlateauLRScheduler is deprecated", category=FutureWarning)
         scheduler, _ = create_scheduler_v2(
             optimizer,

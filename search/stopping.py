@@ -9,7 +9,7 @@ __all__ = ["EarlyStopping"]
 
 
 class EarlyStopping:
-    """Count the epochs since ``metric`` last improved and say when ``patience`` is used up.
+    """Count the epochs since ``metric`` last improved and signal a stop when ``patience`` runs out.
 
     ``mode`` is ``max`` or ``min``; a ``patience`` of 0 never stops.
     """

@@ -302,10 +302,10 @@ def _check_ema_objective(objective, space: Space) -> list[str]:
     decays = space["ema_decay"].values() if "ema_decay" in space else [0.0]
     if all(isinstance(decay, (int, float)) and decay > 0 for decay in decays):
         return []
-    shown = f"{space['ema_decay'].to_spec()!r}" if "ema_decay" in space else "left out (0, off)"
+    ema_spec = f"{space['ema_decay'].to_spec()!r}" if "ema_decay" in space else "left out (0, off)"
     return [
         f"objective.metric: {objective.metric} needs the moving average of the weights in every "
-        f"trial, but space.ema_decay is {shown}; set space.ema_decay above 0 (e.g. 0.999, or "
+        f"trial, but space.ema_decay is {ema_spec}; set space.ema_decay above 0 (e.g. 0.999, or "
         "a range whose low is above 0), or choose val_accuracy or val_loss"
     ]
 

@@ -37,8 +37,8 @@ class TrialDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class TrialSettings:
-    """What every trial of a study shares: the model defaults, the budget, the devices and the
-    objective (``metric`` and its Ray Tune ``mode``, for early stopping and plateau schedules)."""
+    """Settings every trial of a study shares: the model defaults, the budget, the devices and
+    the objective (``metric`` and its Ray Tune ``mode``, for early stopping and plateau schedules)."""
 
     model_name: str
     in_chans: int

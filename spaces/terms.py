@@ -167,7 +167,7 @@ TERMS: dict[str, Term] = {
 
 # Learning-rate schedules of timm.scheduler.create_scheduler_v2 that the trainable drives.
 # "none" is left out because it leaves every parameter group at the base learning rate, so
-# head_lr_scale and layer_decay would have no effect; "constant" keeps them.
+# head_lr_scale and layer_decay would have no effect. "constant" applies them.
 SCHEDULES = ("cosine", "tanh", "step", "plateau", "constant")
 LR_SCALINGS = ("none", "linear", "sqrt")
 LR_REFERENCE_BATCH_SIZE = 256
