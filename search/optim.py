@@ -172,8 +172,9 @@ def build_ema(model, config: Mapping[str, Any]):
 def check_optimizers(study) -> list[str]:
     """Build every optimizer the study's space names on a tiny model and take one step.
 
-    Returns one problem per optimizer that cannot run here, such as the bitsandbytes and APEX
-    optimizers of timm without CUDA.
+    The step uses the lowest momentum of the space, so ``sgd`` (Nesterov) with momentum 0 fails
+    here. Returns one problem per optimizer that fails, such as timm's bitsandbytes and APEX
+    optimizers without CUDA.
     """
     if "optimizer" not in study.space:
         return []
@@ -185,18 +186,20 @@ def check_optimizers(study) -> list[str]:
         # NOTE: trials run on GPU workers that this process cannot see; they report failures.
         return []
     device = "cuda" if wants_gpu else "cpu"
+    momentum = min(study.space["momentum"].values()) if "momentum" in study.space else 0.9
     problems = []
     for name in study.space["optimizer"].values():
         if not isinstance(name, str):
             continue
         layer = torch.nn.Linear(4, 2).to(device)
         try:
-            optimizer = create_optimizer_v2(layer, opt=name, lr=1e-3, weight_decay=0.01)
+            optimizer = create_optimizer_v2(layer, opt=name, lr=1e-3, weight_decay=0.01, momentum=momentum)
             layer(torch.randn(3, 4, device=device)).sum().backward()
             optimizer.step()
         except (AssertionError, ImportError, RuntimeError, TypeError, ValueError) as error:
             problems.append(
-                f"space.optimizer: {name!r} cannot run on this machine's {device} "
-                f"({type(error).__name__}: {error}); choose another optimizer"
+                f"space.optimizer: {name!r} failed to build and step on {device} with momentum "
+                f"{momentum:g} ({type(error).__name__}: {error}); choose another optimizer, or "
+                "raise the lowest momentum if the error is about momentum"
             )
     return problems

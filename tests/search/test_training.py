@@ -505,6 +505,23 @@ def test_color_jitter_with_randaugment_warns(caplog):
 def test_optimizer_that_cannot_run_rejected():
     study = Study.from_dict(tiny_study_dict(space={"optimizer": {"choices": ["adamw", "fusedadam"]}}))
     assert check_optimizers(study) == [
-        "space.optimizer: 'fusedadam' cannot run on this machine's cpu (AssertionError: CUDA required "
-        "for APEX optimizers); choose another optimizer"
+        "space.optimizer: 'fusedadam' failed to build and step on cpu with momentum 0.9 (AssertionError: "
+        "CUDA required for APEX optimizers); choose another optimizer, or raise the lowest momentum if the "
+        "error is about momentum"
     ]
+
+
+def test_nesterov_without_momentum_rejected():
+    study = Study.from_dict(
+        tiny_study_dict(space={"optimizer": {"choices": ["momentum", "sgd"]}, "momentum": {"type": "float", "low": 0.0, "high": 0.9}})
+    )
+    (problem,) = check_optimizers(study)
+    assert problem.startswith("space.optimizer: 'sgd' failed to build and step on cpu with momentum 0 (ValueError: Nesterov")
+
+
+def test_prepare_reports_optimizer_problem():
+    from search.preflight import prepare
+
+    study = Study.from_dict(tiny_study_dict(space={"optimizer": "sgd", "momentum": 0.0}))
+    with pytest.raises(StudyError, match="space.optimizer: 'sgd' failed to build and step"):
+        prepare(study, load_data=False)
