@@ -125,6 +125,15 @@ def build_scheduler(optimizer, config: Mapping[str, Any], max_epochs: int, steps
 
     schedule = config["schedule"]
     per_epoch = schedule == "plateau"
+    warmup_epochs = config["warmup_epochs"]
+    if per_epoch and not float(warmup_epochs).is_integer():
+        # timm's plateau warmup ends only at a whole epoch; a fraction would leave the lr below its peak.
+        warmup_epochs = math.ceil(warmup_epochs)
+        logger.warning(
+            "warmup_epochs %g rounded up to %d: the plateau schedule warms up in whole epochs",
+            config["warmup_epochs"],
+            warmup_epochs,
+        )
     with warnings.catch_warnings():
         # timm 1.0.31 marks PlateauLRScheduler deprecated because its state_dict leaves out the
         # count of bad epochs. The trainable checkpoints the rest (best value and last epoch).
@@ -138,7 +147,7 @@ def build_scheduler(optimizer, config: Mapping[str, Any], max_epochs: int, steps
             patience_epochs=config["plateau_patience"],
             min_lr=scaled_lr(config) * config["min_lr_ratio"],
             warmup_lr=config["warmup_lr"],
-            warmup_epochs=config["warmup_epochs"],
+            warmup_epochs=warmup_epochs,
             plateau_mode=mode,
             step_on_epochs=per_epoch,
             updates_per_epoch=steps_per_epoch,

@@ -256,7 +256,8 @@ TRAINING_TERMS = [
         "warmup_epochs",
         "float",
         0.0,
-        "epochs of linear warmup from warmup_lr to the learning rate; fractions of an epoch allowed",
+        "epochs of linear warmup from warmup_lr to the learning rate; fractions of an epoch "
+        "allowed, except with the plateau schedule, which rounds them up",
         rule=_non_negative,
     ),
     Term("warmup_lr", "float", 1.0e-5, "learning rate at the start of warmup", rule=_non_negative),

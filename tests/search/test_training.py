@@ -214,6 +214,17 @@ def test_plateau_decays_on_objective():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(5.0e-3)
 
 
+def test_plateau_warmup_rounded_to_whole_epochs(caplog):
+    trial_config = config(schedule="plateau", lr=1.0e-2, warmup_epochs=0.5, warmup_lr=1.0e-4)
+    optimizer = build_optimizer(resnet(), trial_config)
+    with caplog.at_level(logging.WARNING, logger="search.optim"):
+        scheduler = build_scheduler(optimizer, trial_config, 4, STEPS_PER_EPOCH, "max")
+    assert "warmup_epochs 0.5 rounded up to 1: the plateau schedule warms up in whole epochs" in caplog.text
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1.0e-4)
+    scheduler.step(1, 0.5)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1.0e-2)
+
+
 def test_plateau_state_restored_from_checkpoint(tmp_path):
     trial_config = config(schedule="plateau")
     loop = training_loop(trial_config, max_epochs=3)
