@@ -438,6 +438,7 @@ def test_last_epoch_is_finished():
         ({"optimizer": "adamx"}, "space.optimizer: unknown optimizer 'adamx' (did you mean "),
         ({"optimizer": {"choices": ["sgd", "lamb2"]}}, "space.optimizer: unknown optimizer 'lamb2'"),
         ({"optimizer": "adahessian"}, "space.optimizer: unknown optimizer 'adahessian'"),
+        ({"optimizer": "kron"}, "space.optimizer: unknown optimizer 'kron'"),
         ({"lr_scaling": "square"}, "space.lr_scaling: unknown lr_scaling 'square' (did you mean sqrt?); valid names: linear, none, sqrt"),
         ({"schedule": "cosin"}, "space.schedule: unknown schedule 'cosin' (did you mean cosine"),
         ({"schedule": "none"}, "space.schedule: unknown schedule 'none' (did you mean cosine?); valid names: constant, cosine, plateau, step, tanh"),
