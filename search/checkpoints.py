@@ -47,7 +47,9 @@ def load_trial_model(run_dir: str | Path, study, trial, num_classes: int, normal
     """Rebuild ``trial``'s model from its configuration and load its last checkpoint.
 
     ``normalization`` maps each backbone to its (mean, std), as ``search.preflight.prepare``
-    returns it. No pretrained weights are loaded: the checkpoint holds every tensor.
+    returns it. No pretrained weights are loaded: the checkpoint holds every tensor. When the
+    study's objective is an EMA metric (``val_accuracy_ema``, ``val_loss_ema``), the moving
+    average of the weights is loaded, since that is the model the objective scored.
     """
     import torch
 
@@ -64,7 +66,8 @@ def load_trial_model(run_dir: str | Path, study, trial, num_classes: int, normal
     path = find_checkpoint(run_dir, trial)
     state = torch.load(path, map_location="cpu", weights_only=True)
     model, _ = build_model(backbone, num_classes, model_config(config), in_chans=study.model.in_chans)
-    model.load_state_dict(state["model"])
+    use_ema = study.objective.metric.endswith("_ema") and "model_ema" in state
+    model.load_state_dict(state["model_ema" if use_ema else "model"])
     model.eval()
     mean, std = normalization[backbone]
     return TrialModel(model, config, backbone, int(state["epoch"]), mean, std)

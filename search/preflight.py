@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from search.optim import check_optimizers
 from search.study import Study, StudyError
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def prepare(study: Study, load_data: bool = True) -> Prepared:
 
         slot_rows, slot_problems = check_slot_choices(study, weights)
         problems += slot_problems
+    problems += check_optimizers(study)
     if problems:
         raise StudyError(problems)
     dataset = None

@@ -169,6 +169,8 @@ def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool):
         gpus=study.resources.gpus,
         normalization=prepared.normalization,
         model_factory=prepared.model_factory,
+        metric=study.objective.metric,
+        mode=study.objective.mode,
     )
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -375,7 +377,10 @@ class _StudySearcher(OptunaSearch):
         self._report(trial_id, result)
         epoch = int(result.get("epoch") or 0)
         value = result.get(self._metric)
-        finished = epoch >= self.study.budget.max_epochs
+        # A trial that stopped itself by early stopping marks its last result finished.
+        finished = epoch >= self.study.budget.max_epochs or result.get("finished") is True
+        if finished and result.get("stop_reason"):
+            ot_trial.set_user_attr(STOP_REASON_ATTR, str(result["stop_reason"]))
         values = self._objective_values(trial_id, result) if self.multi_objective else None
         if finished and values is not None:
             self._ot_study.tell(ot_trial, values)

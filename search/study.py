@@ -32,6 +32,9 @@ REPORTED_METRICS = {
     "val_accuracy": "maximize",
     "val_loss": "minimize",
     "train_loss": "minimize",
+    # Reported only by trials whose ema_decay is above 0.
+    "val_loss_ema": "minimize",
+    "val_accuracy_ema": "maximize",
 }
 SAMPLERS = ("tpe", "random", "qmc", "gp", "nsga2")
 SCHEDULERS = ("asha", "median", "none")
@@ -265,6 +268,7 @@ class Study:
         problems += _check_across_sections(sections)
         problems += _check_data_source(sections["data"])
         problems += check_objective(mapping.get("objective"))
+        problems += _check_ema_objective(sections["objective"], space)
         if problems:
             raise StudyError(problems)
         sections["data"] = _resolve_data_path(sections["data"], source)
@@ -276,6 +280,7 @@ class Study:
         return study
 
     def _warn_about_replaced_settings(self) -> None:
+        _warn_about_dropped_color_jitter(self.space)
         if self.search.concurrency > self.budget.trials:
             logger.warning(
                 "search.concurrency %d is more than budget.trials %d; at most %d trials run at once",
@@ -403,6 +408,31 @@ def _resolve_weight_files(model: ModelSettings, source: Path | None) -> ModelSet
     else:
         pretrained = resolve(pretrained)
     return dataclasses.replace(model, pretrained=pretrained)
+
+
+def _warn_about_dropped_color_jitter(space: Space) -> None:
+    ops = space["randaugment_ops"].values() if "randaugment_ops" in space else [0]
+    jitter = space["color_jitter"].values() if "color_jitter" in space else [0]
+    if max(ops) > 0 and max(jitter) > 0:
+        logger.warning(
+            "space.color_jitter is ignored in trials whose randaugment_ops is above 0: timm's "
+            "transform leaves color jitter out when RandAugment is on"
+        )
+
+
+def _check_ema_objective(objective, space: Space) -> list[str]:
+    """Return a problem when the objective is an EMA metric that some trials would not report."""
+    if objective is None or not objective.metric.endswith("_ema"):
+        return []
+    decays = space["ema_decay"].values() if "ema_decay" in space else [0.0]
+    if all(isinstance(decay, (int, float)) and decay > 0 for decay in decays):
+        return []
+    ema_spec = f"{space['ema_decay'].to_spec()!r}" if "ema_decay" in space else "left out (0, off)"
+    return [
+        f"objective.metric: {objective.metric} needs the moving average of the weights in every "
+        f"trial, but space.ema_decay is {ema_spec}; set space.ema_decay above 0 (e.g. 0.999, or "
+        "a range whose low is above 0), or choose val_accuracy or val_loss"
+    ]
 
 
 def _unknown_key(key: Any, valid: tuple[str, ...], where: str) -> str:

@@ -141,8 +141,14 @@ TERMS: dict[str, Term] = {
             target="model",
         ),
         Term("head", "head", {"name": "linear"}, "classifier head and its parameters", target="model"),
-        Term("lr", "float", 1.0e-3, "base learning rate of AdamW", rule=_positive),
-        Term("weight_decay", "float", 0.01, "AdamW weight decay", rule=_between(0.0, 1.0)),
+        Term("lr", "float", 1.0e-3, "base learning rate (see lr_scaling)", rule=_positive),
+        Term(
+            "weight_decay",
+            "float",
+            0.01,
+            "weight decay, not applied to norms and biases",
+            rule=_between(0.0, 1.0),
+        ),
         Term(
             "label_smoothing",
             "float",
@@ -200,6 +206,221 @@ TERMS: dict[str, Term] = {
         ),
     ]
 }
+
+
+# Learning-rate schedules of timm.scheduler.create_scheduler_v2 that the trainable drives.
+# "none" is left out because it leaves every parameter group at the base learning rate, so
+# head_lr_scale and layer_decay would have no effect. "constant" applies them.
+SCHEDULES = ("cosine", "tanh", "step", "plateau", "constant")
+LR_SCALINGS = ("none", "linear", "sqrt")
+LR_REFERENCE_BATCH_SIZE = 256
+CLIP_MODES = ("norm", "value", "agc")
+# timm's adahessian needs backward(create_graph=True), which the trainable does not run. The
+# PSGD Kron family (kron, kronc, kronw) in timm 1.0.31 with torch 2.14.1 compiled a step that
+# tried to allocate 1.3 GB for a single resnet10t convolution on CPU.
+UNSUPPORTED_OPTIMIZERS = ("adahessian", "kron", "kronc", "kronw")
+
+
+def optimizer_names() -> list[str]:
+    """Return the optimizer names of timm's factory that a trial can use."""
+    from timm.optim import list_optimizers
+
+    return [name for name in list_optimizers() if name not in UNSUPPORTED_OPTIMIZERS]
+
+
+def _below_one(value: float) -> str | None:
+    return None if math.isfinite(value) and 0 <= value < 1 else "be in [0, 1)"
+
+
+def _fraction_above_zero(value: float) -> str | None:
+    return None if math.isfinite(value) and 0 < value <= 1 else "be in (0, 1]"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if math.isfinite(value) and value >= 0 else "be 0 or more"
+
+
+# Terms of the training loop (search.trainable and the modules it calls). Each default keeps the
+# plain loop: AdamW, cosine schedule, no warmup, no clipping, mixup, EMA, early stopping or
+# augmentation.
+TRAINING_TERMS = [
+    Term(
+        "optimizer",
+        "name",
+        "adamw",
+        "timm optimizer built by timm.optim.create_optimizer_v2; sgd has Nesterov momentum, "
+        "momentum is plain SGD with momentum",
+        names=optimizer_names,
+    ),
+    Term(
+        "momentum",
+        "float",
+        0.9,
+        "momentum of the optimizers that take one (sgd, momentum, rmsprop, ...); others ignore it",
+        rule=_below_one,
+    ),
+    Term(
+        "lr_scaling",
+        "name",
+        "none",
+        "none trains at lr; linear at lr * batch_size / 256; sqrt at lr * sqrt(batch_size / 256), "
+        "the rule of timm's train.py with its reference batch size of 256",
+        names=lambda: list(LR_SCALINGS),
+    ),
+    Term(
+        "head_lr_scale",
+        "float",
+        1.0,
+        "multiplier of the learning rate of the classifier head's parameters",
+        rule=_positive,
+    ),
+    Term(
+        "layer_decay",
+        "float",
+        1.0,
+        "layer-wise learning-rate decay (timm's layer_decay): the layer group k steps below the "
+        "head trains at lr * layer_decay**k; 1 turns it off",
+        rule=_fraction_above_zero,
+    ),
+    Term(
+        "schedule",
+        "name",
+        "cosine",
+        "learning-rate schedule built by timm.scheduler.create_scheduler_v2 over max_epochs; "
+        "plateau decays on the study's objective metric once per epoch",
+        names=lambda: list(SCHEDULES),
+    ),
+    Term(
+        "min_lr_ratio",
+        "float",
+        0.01,
+        "lowest learning rate of cosine, tanh and plateau, as a fraction of the learning rate",
+        rule=_between(0.0, 1.0),
+    ),
+    Term(
+        "warmup_epochs",
+        "float",
+        0.0,
+        "epochs of linear warmup from warmup_lr to the learning rate; fractions of an epoch "
+        "allowed, except with the plateau schedule, which rounds them up",
+        rule=_non_negative,
+    ),
+    Term("warmup_lr", "float", 1.0e-5, "learning rate at the start of warmup", rule=_non_negative),
+    Term("decay_epochs", "float", 1.0, "step schedule: epochs between two decays", rule=_positive),
+    Term(
+        "decay_rate",
+        "float",
+        0.1,
+        "step and plateau schedules: factor that multiplies the learning rate at each decay",
+        rule=_fraction_above_zero,
+    ),
+    Term(
+        "plateau_patience",
+        "int",
+        1,
+        "plateau schedule: epochs without improvement of the objective metric before a decay",
+        rule=_at_least(0),
+    ),
+    Term(
+        "clip_grad",
+        "float",
+        0.0,
+        "gradient clipping threshold (timm's dispatch_clip_grad); 0 turns clipping off",
+        rule=_non_negative,
+    ),
+    Term(
+        "clip_mode",
+        "name",
+        "norm",
+        "norm clips the total gradient norm, value each gradient element, agc each unit "
+        "adaptively to its weight norm",
+        names=lambda: list(CLIP_MODES),
+    ),
+    Term(
+        "mixup_alpha",
+        "float",
+        0.0,
+        "mixup strength, the alpha of its Beta(alpha, alpha) mixing weight (timm's Mixup); "
+        "0 turns mixup off",
+        rule=_non_negative,
+    ),
+    Term(
+        "cutmix_alpha",
+        "float",
+        0.0,
+        "cutmix strength, the alpha of its Beta(alpha, alpha) box area; 0 turns cutmix off",
+        rule=_non_negative,
+    ),
+    Term(
+        "mixup_prob",
+        "float",
+        1.0,
+        "probability of applying mixup or cutmix to a batch",
+        rule=_between(0.0, 1.0),
+    ),
+    Term(
+        "mixup_switch_prob",
+        "float",
+        0.5,
+        "probability of cutmix instead of mixup for a batch when both are on",
+        rule=_between(0.0, 1.0),
+    ),
+    Term(
+        "ema_decay",
+        "float",
+        0.0,
+        "decay of the exponential moving average of the weights (timm's ModelEmaV3, with warmup); "
+        "when above 0, val_loss_ema and val_accuracy_ema are reported too; 0 turns it off",
+        rule=_below_one,
+    ),
+    Term(
+        "early_stopping_patience",
+        "int",
+        0,
+        "epochs without improvement of the objective metric before the trial stops itself "
+        "and ends COMPLETE; 0 turns early stopping off",
+        rule=_at_least(0),
+    ),
+    Term(
+        "randaugment_ops",
+        "int",
+        0,
+        "RandAugment operations per training image (timm's rand-m{M}-n{N}); 0 turns it off",
+        rule=_at_least(0),
+    ),
+    Term(
+        "randaugment_magnitude",
+        "int",
+        9,
+        "RandAugment magnitude, from 0 (weakest) to 10",
+        rule=_between(0, 10),
+    ),
+    Term(
+        "crop_scale_min",
+        "float",
+        1.0,
+        "smallest area fraction of the random resized crop, which then takes a fraction in "
+        "[crop_scale_min, 1]; 1 turns cropping off",
+        rule=_fraction_above_zero,
+    ),
+    Term("hflip", "float", 0.0, "probability of a horizontal flip", rule=_between(0.0, 1.0)),
+    Term(
+        "color_jitter",
+        "float",
+        0.0,
+        "brightness, contrast and saturation jitter strength; timm's transform drops it "
+        "when randaugment_ops is above 0",
+        rule=_non_negative,
+    ),
+    Term(
+        "random_erasing_prob",
+        "float",
+        0.0,
+        "probability of erasing a random rectangle of a training image (timm's RandomErasing)",
+        rule=_between(0.0, 1.0),
+    ),
+]
+TERMS.update({term.name: term for term in TRAINING_TERMS})
 
 
 def _head_names() -> list[str]:

@@ -52,12 +52,13 @@ def test_list_form_round_trips():
             {"metrics": [{"metric": "params"}, {"metric": "val_accuracy"}]},
             "objective.metrics[0].metric: the first objective must be a validation metric, so the "
             "scheduler can stop weak trials early, not the cost metric 'params'; valid first "
-            "metrics: val_accuracy, val_loss, train_loss. Move 'params' after it",
+            "metrics: val_accuracy, val_loss, train_loss, val_loss_ema, val_accuracy_ema. Move "
+            "'params' after it",
         ),
         (
             {"metrics": [{"metric": "val_accuracy"}, {"metric": "flops"}]},
             "objective.metrics[1].metric: unknown metric 'flops'; valid metrics: val_accuracy, "
-            "val_loss, train_loss, params, macs, latency_ms",
+            "val_loss, train_loss, val_loss_ema, val_accuracy_ema, params, macs, latency_ms",
         ),
         (
             {"metrics": [{"metric": "val_accuracy"}, {"metric": "val_accuracy"}]},
