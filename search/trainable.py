@@ -39,6 +39,8 @@ class TrialSettings:
     cpus: float
     gpus: float
     normalization: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
+    precision: str = "auto"
+    compile: str = "none"
 
 
 def train_trial(config: dict[str, Any], data, weights: dict, settings: TrialSettings) -> None:
@@ -50,15 +52,18 @@ def train_trial(config: dict[str, Any], data, weights: dict, settings: TrialSett
     import torch
     from ray import tune
 
+    from search.devices import select_device, worker_placement
+
     trial_config = config["trial"]
     torch.set_num_threads(max(1, int(settings.cpus)))
     torch.manual_seed(settings.seed)
-    device = torch.device("cuda" if settings.gpus > 0 and torch.cuda.is_available() else "cpu")
+    runtime = select_device(settings.gpus, settings.precision, settings.compile)
 
     backbone = trial_config.get("backbone") or settings.model_name
     model = _build(trial_config, backbone, data.num_classes, weights.get(backbone), settings)
-    model.to(device)
-    loop = _TrainingLoop(model, trial_config, data, settings, backbone, device)
+    runtime.prepare_model(model)
+    loop = _TrainingLoop(model, trial_config, data, settings, backbone, runtime)
+    placement = worker_placement(runtime)
 
     start_epoch = loop.restore(tune.get_checkpoint())
     for epoch in range(start_epoch, settings.max_epochs):
@@ -72,6 +77,7 @@ def train_trial(config: dict[str, Any], data, weights: dict, settings: TrialSett
             "val_accuracy": val_accuracy,
             "lr": loop.current_lr(),
             "epoch_seconds": time.perf_counter() - started,
+            "placement": placement,
         }
         with tempfile.TemporaryDirectory() as folder:
             loop.save(Path(folder) / CHECKPOINT_FILE, epoch + 1)
@@ -91,14 +97,15 @@ def _build(trial_config, backbone, num_classes, weights, settings):
 class _TrainingLoop:
     """Optimizer, schedule, loss and the batches of one trial."""
 
-    def __init__(self, model, trial_config, data, settings: TrialSettings, backbone, device):
+    def __init__(self, model, trial_config, data, settings: TrialSettings, backbone, runtime):
         import torch
         from timm.optim import create_optimizer_v2
         from timm.scheduler import CosineLRScheduler
 
         self.model = model
         self.data = data
-        self.device = device
+        self.runtime = runtime
+        self.device = device = runtime.device
         self.batch_size = int(trial_config["batch_size"])
         self.steps_per_epoch = max(1, math.ceil(len(data.train_y) / self.batch_size))
         self.optimizer = create_optimizer_v2(
@@ -127,9 +134,9 @@ class _TrainingLoop:
     def _batch(self, images: np.ndarray, labels: np.ndarray, index):
         import torch
 
-        x = torch.from_numpy(images[index]).to(self.device, non_blocking=True)
+        x = self.runtime.to_device(images[index])
         x = x.float().mul_(self.scale).add_(self.shift)
-        y = torch.from_numpy(labels[index]).to(self.device, non_blocking=True)
+        y = self.runtime.to_device(labels[index])
         return x, y
 
     def train_epoch(self, epoch: int) -> float:
