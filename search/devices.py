@@ -118,13 +118,18 @@ def _autocast_forward(model, device_type: str, dtype) -> None:
 
 
 def worker_placement(device: TrialDevice) -> dict[str, Any]:
-    """Return where this trial runs: the Ray node id, the host, the process id and the device."""
+    """Return where this trial runs: Ray node, host, process, device and the resources Ray assigned."""
     import socket
 
     import ray
 
-    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    return {"node_id": node_id, "hostname": socket.gethostname(), "pid": os.getpid(), "device": str(device.device)}
+    placement: dict[str, Any] = {"hostname": socket.gethostname(), "pid": os.getpid(), "device": str(device.device)}
+    if ray.is_initialized():
+        context = ray.get_runtime_context()
+        placement["node_id"] = context.get_node_id()
+        placement["gpu_ids"] = [str(gpu) for gpu in context.get_accelerator_ids().get("GPU", [])]
+        placement["resources"] = {name: float(amount) for name, amount in context.get_assigned_resources().items()}
+    return placement
 
 
 def _virtual_memory_bytes() -> int:

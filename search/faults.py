@@ -13,7 +13,7 @@ import logging
 import math
 from typing import Any
 
-from search.devices import free_memory, is_out_of_memory, memory_limit, select_device
+from search.devices import free_memory, is_out_of_memory, memory_limit, select_device, worker_placement
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def guarded_train_trial(config: dict[str, Any], metric: str, memory_mb: int | No
         return
     # The error and its traceback are gone here, so the tensors they referenced can be freed.
     free_memory(runtime)
-    tune.report({metric: math.nan, FAIL_REASON_KEY: reason})
+    tune.report({metric: math.nan, FAIL_REASON_KEY: reason, "placement": worker_placement(runtime)})
 
 
 def _out_of_memory_reason(error: BaseException, memory_mb: int | None, runtime) -> str:

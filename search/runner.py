@@ -305,6 +305,10 @@ class _StudySearcher(OptunaSearch):
         """Keep in the ``placements`` user attribute each worker (node, process) the trial ran on."""
         placement = result.get("placement")
         if not isinstance(placement, dict):
+            # Tune hands searchers flattened results: "placement/pid" and so on.
+            prefix = "placement/"
+            placement = {key[len(prefix) :]: value for key, value in result.items() if key.startswith(prefix)}
+        if not placement:
             return
         placements = self.placements.setdefault(trial_id, [])
         if placement in placements:
@@ -328,13 +332,13 @@ class _StudySearcher(OptunaSearch):
             # A failed trial is told by fail(), which the callback calls with the error.
             return
         result = result or {}
+        self._record_placement(trial_id, result)
         if result.get(FAIL_REASON_KEY):
             # The trial ended for good in its worker (divergence, out of memory): no retry.
             self.fail(trial_id, str(result[FAIL_REASON_KEY]))
             return
         # Tune passes the last result of a stopped trial here instead of to on_trial_result.
         self._report(trial_id, result)
-        self._record_placement(trial_id, result)
         epoch = int(result.get("epoch") or 0)
         value = result.get(self._metric)
         finished = epoch >= self.study.budget.max_epochs
