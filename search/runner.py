@@ -306,8 +306,14 @@ class _StudySearcher(OptunaSearch):
         placement = result.get("placement")
         if not isinstance(placement, dict):
             # Tune hands searchers flattened results: "placement/pid" and so on.
-            prefix = "placement/"
-            placement = {key[len(prefix) :]: value for key, value in result.items() if key.startswith(prefix)}
+            placement = {}
+            for key, value in result.items():
+                if key.startswith("placement/"):
+                    *parents, name = key.split("/")[1:]
+                    folder = placement
+                    for parent in parents:
+                        folder = folder.setdefault(parent, {})
+                    folder[name] = value
         if not placement:
             return
         placements = self.placements.setdefault(trial_id, [])
