@@ -18,7 +18,7 @@ from search.storage import open_storage
 from search.study import Study, StudyError
 from tests.conftest import tiny_study_dict
 
-TRIALS = 4
+TRIALS = 3
 MAX_EPOCHS = 3
 RUNNING, COMPLETE, FAIL = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
 
