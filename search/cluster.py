@@ -1,8 +1,8 @@
 """Running a study on several machines: per-trial resources and checkpoint storage.
 
-Every Ray node writes its trials' checkpoints to the experiment folder directly, so on a cluster
-of several machines that folder must be storage that every node reaches at the same path (a
-network file system) or a URI such as ``s3://bucket/folder``. ``cluster.checkpoint_storage``
+Every Ray node writes its trials' checkpoints to the experiment folder directly. On a cluster of
+several machines that folder must therefore be storage that every node reaches at the same path
+(a network file system), or a URI such as ``s3://bucket/folder``. ``cluster.checkpoint_storage``
 names it; without it the experiment folder is ``RUN/tune``.
 """
 

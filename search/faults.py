@@ -2,9 +2,9 @@
 
 Ray Tune restarts a trial from its last checkpoint when its worker fails (``FailureConfig``).
 That helps when a worker process died, but a trial whose loss became NaN, or that needs more
-memory than it has, fails the same way again. ``guarded_train_trial`` catches these errors in
-the worker, frees the trial's memory and ends the trial with a last result that carries the
-reason under ``FAIL_REASON_KEY``; the runner then marks the Optuna trial FAIL with it.
+memory than it has, fails the same way again. So ``guarded_train_trial`` catches these errors
+in the worker and frees the trial's memory. It then ends the trial with a last result that
+carries the reason under ``FAIL_REASON_KEY``, and the runner marks the Optuna trial FAIL with it.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def guarded_train_trial(config: dict[str, Any], metric: str, memory_mb: int | No
         return
     # The error and its traceback are gone here, so the tensors they referenced can be freed.
     free_memory(runtime)
+    logger.warning("Trial %s ends without a retry: %s", config.get("number"), reason)
     tune.report({metric: math.nan, FAIL_REASON_KEY: reason, "placement": worker_placement(runtime)})
 
 

@@ -37,7 +37,7 @@ FIXED_SECTIONS = ("model", "data", "objective")
 
 @dataclass(frozen=True)
 class ResumePlan:
-    """What a resumed run finds in the storage and how many trials it still starts."""
+    """Trials a resumed run found in the storage, and the number it still starts."""
 
     counted: int
     interrupted: tuple[int, ...]
@@ -57,7 +57,7 @@ def check_resumable(saved: Study, study: Study) -> None:
     """Check that ``study`` may continue the run of ``saved``, the study that run started with.
 
     The model, data, objective, ``budget.max_epochs`` and every parameter of the space must be
-    unchanged; the number of trials, time limit, sampler, scheduler, concurrency and resources
+    unchanged. The number of trials, time limit, sampler, scheduler, concurrency and resources
     may change.
 
     Raises:

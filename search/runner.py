@@ -24,7 +24,13 @@ import optuna
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from search.cluster import check_checkpoint_storage, experiment_folder, trial_resources, warn_if_storage_not_shared
+from search.cluster import (
+    check_checkpoint_storage,
+    describe_cluster,
+    experiment_folder,
+    trial_resources,
+    warn_if_storage_not_shared,
+)
 from search.preflight import prepare
 from search.storage import (
     CONFIG_ATTR,
@@ -109,6 +115,8 @@ def run(
     started_ray = _init_ray(address)
     try:
         if address:
+            cluster = describe_cluster()
+            logger.info("Ray cluster at %s: %d nodes, resources %s", address, cluster["nodes"], cluster["resources"])
             warn_if_storage_not_shared(study, run_dir)
         optuna_study = _fit(study, prepared, storage, run_dir, progress, remaining)
     finally:

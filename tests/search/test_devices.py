@@ -1,6 +1,6 @@
 """Device selection, precision, memory format and the per-trial memory limit, on the CPU.
 
-NOTE: no CUDA device exists where these tests run; the CUDA branches of search.devices
+NOTE: no CUDA device exists where these tests run. So the CUDA branches of search.devices
 (pinned memory, channels-last, bf16 by default) are checked only through their CPU switches.
 """
 
