@@ -1,9 +1,10 @@
 """Continuing a study whose driver stopped: which trials count and what runs next.
 
 The rule: every trial already in the storage counts toward ``budget.trials`` and is kept as it
-is, except a trial the stopped driver left RUNNING. Such a trial is marked FAIL with the reason
-in ``fail_reason`` and ``interrupted`` set, it does not count, and its configuration is queued
-to run again as a new trial (``rerun_of`` names the old trial's number). The resumed run then
+is, except a trial the stopped driver left unfinished: RUNNING after a kill, or FAIL with
+``interrupted`` set after Ctrl-C or the time limit. Such a trial is marked FAIL with the reason in
+``fail_reason`` and ``interrupted`` set, it does not count, and its configuration is queued to
+run again as a new trial (``rerun_of`` names the old trial's number). The resumed run then
 starts exactly the trials still missing, so the study ends with ``budget.trials`` counted trials.
 The sampler sees every finished trial, since they stay in the same Optuna study.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
 import optuna
 
 from search.storage import FAIL_REASON_ATTR, RESOLVED_STUDY_FILE
@@ -128,19 +130,30 @@ def plan_resume(study: Study, storage, run_dir: Path) -> ResumePlan:
 
 
 def _requeue_interrupted(optuna_study) -> list[int]:
-    """Mark each RUNNING trial FAIL as interrupted and queue its parameters as a new trial."""
+    """Mark each interrupted trial FAIL and queue its parameters once as a new trial.
+
+    Interrupted trials are those left RUNNING by a killed driver and those a stopped driver
+    marked ``interrupted`` itself (after Ctrl-C or the time limit).
+    """
     interrupted = []
-    running = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    for trial in running:
+    trials = optuna_study.get_trials(deepcopy=False)
+    requeued = {trial.user_attrs.get(RERUN_OF_ATTR) for trial in trials}
+    for trial in trials:
+        running = trial.state == optuna.trial.TrialState.RUNNING
+        stopped = trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get(INTERRUPTED_ATTR)
+        if not (running or stopped) or trial.number in requeued:
+            continue
         rerun = len(optuna_study.get_trials(deepcopy=False))
         optuna_study.enqueue_trial(dict(trial.params), user_attrs={RERUN_OF_ATTR: trial.number})
-        stale = optuna.trial.Trial(optuna_study, trial._trial_id)
-        stale.set_user_attr(INTERRUPTED_ATTR, True)
-        stale.set_user_attr(FAIL_REASON_ATTR, INTERRUPTED_REASON.format(rerun=rerun))
-        optuna_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        if running:
+            # A finished trial cannot change, so only a RUNNING one gets the reason now.
+            stale = optuna.trial.Trial(optuna_study, trial._trial_id)
+            stale.set_user_attr(INTERRUPTED_ATTR, True)
+            stale.set_user_attr(FAIL_REASON_ATTR, INTERRUPTED_REASON.format(rerun=rerun))
+            optuna_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         interrupted.append(trial.number)
         logger.warning(
-            "Trial %d was left running by a stopped driver; it is marked FAIL and runs again as trial %d",
+            "Trial %d was interrupted when its driver stopped; it is marked FAIL and runs again as trial %d",
             trial.number,
             rerun,
         )

@@ -42,6 +42,7 @@ from search.storage import (
     storage_url,
 )
 from search.faults import FAIL_REASON_KEY
+from search.resume import INTERRUPTED_ATTR
 from search.study import Study, StudyError
 from spaces.terms import resolve_config
 
@@ -379,6 +380,9 @@ class _StudySearcher(OptunaSearch):
     def fail_unfinished(self, reason: str) -> None:
         """Mark FAIL every trial that was started but never finished."""
         for trial_id in list(self._ot_trials):
+            if trial_id not in self._completed_trials:
+                # A resumed run trains these configurations again (search.resume).
+                self._ot_trials[trial_id].set_user_attr(INTERRUPTED_ATTR, True)
             self.fail(trial_id, reason)
 
     def record_trial_folder(self, trial_id: str, path: str | None) -> None:

@@ -209,3 +209,31 @@ def test_rerun_without_resume_names_the_flag(tmp_path, capsys):
     study_file.write_text(yaml.safe_dump(fault_study_dict()))
     assert main(["run", str(study_file), "--run-dir", str(run_dir), "--no-progress"]) == 2
     assert "or continue it with --resume" in capsys.readouterr().err
+
+
+def test_plan_resume_requeues_unfinished_trials(tmp_path):
+    from search.resume import plan_resume
+
+    study = Study.from_dict(fault_study_dict())
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    stored = optuna.create_study(study_name="faults", storage=storage, direction="maximize")
+    done = stored.ask()
+    done.suggest_float("lr", 1.0e-3, 1.0e-2, log=True)
+    stored.tell(done, 0.5)
+    stopped = stored.ask()
+    stopped.suggest_float("lr", 1.0e-3, 1.0e-2, log=True)
+    stopped.set_user_attr("interrupted", True)
+    stored.tell(stopped, state=FAIL)
+    killed = stored.ask()
+    killed.suggest_float("lr", 1.0e-3, 1.0e-2, log=True)
+
+    plan = plan_resume(study, storage, tmp_path)
+    assert plan.interrupted == (1, 2)
+    assert plan.counted == 1
+    assert plan.remaining == TRIALS - 1
+    trials = stored.get_trials()
+    assert [t.state for t in trials] == [COMPLETE, FAIL, FAIL, optuna.trial.TrialState.WAITING, optuna.trial.TrialState.WAITING]
+    assert trials[3].user_attrs["rerun_of"] == 1
+    assert trials[4].params == {} and trials[4].system_attrs["fixed_params"] == killed.params
+    # A second resume queues nothing new.
+    assert plan_resume(study, storage, tmp_path).interrupted == ()
