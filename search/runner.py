@@ -112,6 +112,9 @@ def run(
     prepared = prepare(study)
     (run_dir / RESOLVED_STUDY_FILE).write_text(study.to_yaml(), encoding="utf-8")
     logger.info("Study %r: run directory %s, storage %s", study.name, run_dir, mask_url(url))
+    if remaining == 0:
+        logger.info("Study %r already has its %d trials; nothing to run", study.name, study.budget.trials)
+        return RunResult(run_dir, optuna.load_study(study_name=study.name, storage=storage), mask_url(url))
 
     started_ray = _init_ray(address)
     try:
@@ -223,10 +226,6 @@ def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool, remaini
             failure_config=tune.FailureConfig(max_failures=study.cluster.max_failures),
         ),
     )
-    if remaining == 0:
-        logger.info("Study %r already has its %d trials; nothing to run", study.name, study.budget.trials)
-        display.close()
-        return searcher.optuna_study
     try:
         with _quiet_tune_output():
             tuner.fit()

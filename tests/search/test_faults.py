@@ -171,10 +171,11 @@ def test_resume_rejects_edited_space(faulted_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_resume_of_finished_run_runs_nothing(faulted_run):
+def test_resume_of_finished_run_runs_nothing(faulted_run, capsys):
     run_dir, _, _, _, trials = faulted_run
     assert main(["resume", str(run_dir), "--no-progress"]) == 0
     assert len(load_trials(run_dir)) == len(trials)
+    assert f"Study 'faults' already has its {TRIALS} trials; nothing to run" in capsys.readouterr().err
 
 
 def test_changed_parameter_kind_is_named():
