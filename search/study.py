@@ -168,7 +168,7 @@ class ResourceSettings:
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """Where trial checkpoints go and how often a trial whose worker died restarts."""
+    """Checkpoint storage shared by every Ray node, and the restarts of a trial whose worker died."""
 
     checkpoint_storage: str | None = _option((str, type(None)), _storage_location, default=None)
     max_failures: int = _option(int, _non_negative, default=2)
