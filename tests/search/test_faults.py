@@ -36,7 +36,9 @@ def fault_study_dict(**changes):
 
 
 def load_trials(run_dir):
-    if not (run_dir / "study.db").is_file():
+    # The driver writes study.yaml after creating the storage's tables; opening the file earlier
+    # would race the driver's schema setup.
+    if not (run_dir / "study.yaml").is_file():
         return []
     try:
         study = optuna.load_study(study_name="faults", storage=open_storage(f"sqlite:///{run_dir / 'study.db'}"))
