@@ -40,8 +40,7 @@ VARIANTS = {
 
 
 def build_loop(model_name: str, image_size: int, terms: dict, data):
-    import torch
-
+    from search.devices import select_device
     from search.model import build_model
     from search.preflight import IMAGENET_MEAN, IMAGENET_STD
     from search.trainable import TrialSettings, _TrainingLoop
@@ -50,7 +49,7 @@ def build_loop(model_name: str, image_size: int, terms: dict, data):
     config = resolve_config({"batch_size": 64, **terms})
     settings = TrialSettings(model_name, 3, 10, 0, 1, 0, {model_name: (IMAGENET_MEAN, IMAGENET_STD)})
     model, _ = build_model(model_name, data.num_classes, {})
-    return _TrainingLoop(model, config, data, settings, model_name, torch.device("cpu"))
+    return _TrainingLoop(model, config, data, settings, model_name, select_device(0))
 
 
 def time_batches(loop) -> float:

@@ -52,18 +52,20 @@ def bench_training_step(quick: bool) -> dict:
 
     from search.data import load_dataset
     from search.study import DataSettings
+    from search.devices import select_device
     from search.trainable import TrialSettings, _TrainingLoop
+    from spaces.terms import resolve_config
 
     threads, batch, size, steps = 1, 64, 32, (15 if quick else 40)
     torch.set_num_threads(threads)
     dataset = load_dataset(DataSettings(), size, 3)
     settings = TrialSettings("resnet10t", 3, 1, 0, threads, 0, {"resnet10t": ((0.5,) * 3, (0.5,) * 3)})
-    config = {"batch_size": batch, "lr": 1e-3, "weight_decay": 0.01, "label_smoothing": 0.0}
+    config = resolve_config({"batch_size": batch, "lr": 1e-3, "weight_decay": 0.01, "label_smoothing": 0.0})
 
     def ftsearch_step_time() -> float:
         torch.manual_seed(0)
         model = timm.create_model("resnet10t", num_classes=10)
-        loop = _TrainingLoop(model, config, dataset, settings, "resnet10t", torch.device("cpu"))
+        loop = _TrainingLoop(model, config, dataset, settings, "resnet10t", select_device(0))
         loop.steps_per_epoch = steps
         started = time.perf_counter()
         loop.train_epoch(0)

@@ -18,11 +18,11 @@ __all__ = ["Study", "StudyError", "load_study", "run", "validate"]
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
-def run(study, run_dir=None, address=None, progress=True):
+def run(study, run_dir=None, address=None, progress=True, resume=False):
     """Run ``study`` to its budget; see :func:`search.runner.run`."""
     from search.runner import run as run_study
 
-    return run_study(study, run_dir=run_dir, address=address, progress=progress)
+    return run_study(study, run_dir=run_dir, address=address, progress=progress, resume=resume)
 
 
 def validate(study):

@@ -34,6 +34,9 @@ def find_checkpoint(run_dir: str | Path, trial) -> Path:
     """
     ray_id = trial.user_attrs.get("ray_trial_id")
     folder = Path(run_dir) / TUNE_FOLDER / f"trial_{ray_id}"
+    # Runs with cluster.checkpoint_storage keep trial folders outside the run directory.
+    if "trial_folder" in trial.user_attrs:
+        folder = Path(trial.user_attrs["trial_folder"])
     checkpoints = sorted(folder.glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
     if ray_id is None or not checkpoints:
         raise FileNotFoundError(

@@ -42,7 +42,8 @@ def _command_run(args: argparse.Namespace) -> int:
     from search.runner import run
 
     study = load_study(args.study)
-    result = run(study, run_dir=args.run_dir, address=args.address, progress=not args.no_progress)
+    resume = getattr(args, "resume", False)
+    result = run(study, run_dir=args.run_dir, address=args.address, progress=not args.no_progress, resume=resume)
     rows = trial_rows(result.optuna_study)
     maximize = study.objective.resolved_direction == "maximize"
     print(format_table(rows, study.objective.metric, maximize))
@@ -51,7 +52,7 @@ def _command_run(args: argparse.Namespace) -> int:
     if summary is not None:
         _print_front(study, summary)
     print(f"Results: {result.run_dir} (storage {result.storage})")
-    if args.test:
+    if getattr(args, "test", False):
         _print_test(result.run_dir, args.address, not args.no_progress)
     return 0
 
@@ -67,6 +68,19 @@ def _print_test(run_dir, address, progress: bool) -> None:
     result = score_test_split(run_dir, address=address, progress=progress)
     print(format_test_table(result))
     print(f"Saved: {Path(run_dir) / TEST_RESULT_FILE}")
+
+
+def _command_resume(args: argparse.Namespace) -> int:
+    from search.storage import RESOLVED_STUDY_FILE
+
+    study_file = Path(args.run) / RESOLVED_STUDY_FILE
+    if not study_file.is_file():
+        raise FileNotFoundError(
+            f"no run found in {str(args.run)!r}: {RESOLVED_STUDY_FILE} is missing; give the run "
+            "directory that `ftsearch run` wrote (runs/<study name> by default)"
+        )
+    args.study, args.run_dir, args.resume = str(study_file), args.run, True
+    return _command_run(args)
 
 
 def _command_validate(args: argparse.Namespace) -> int:
@@ -191,7 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument(
         "--test", action="store_true", help="after the search, score the best trial on the test split (see the test command)"
     )
+    run_parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the study already in the run directory's storage up to budget.trials",
+    )
     run_parser.set_defaults(handler=_command_run)
+
+    resume_parser = commands.add_parser("resume", help="continue a stopped run with the study it started with")
+    resume_parser.add_argument("run", help="run directory, such as runs/digits")
+    resume_parser.add_argument("--address", help="address of a running Ray cluster (default: start Ray here)")
+    resume_parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    resume_parser.set_defaults(handler=_command_resume)
 
     validate_parser = commands.add_parser("validate", help="check a study file without running it")
     validate_parser.add_argument("study", help="study file (YAML)")

@@ -25,6 +25,13 @@ from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from search.factories import drop_timm_only_terms
+from search.cluster import (
+    check_checkpoint_storage,
+    describe_cluster,
+    experiment_folder,
+    trial_resources,
+    warn_if_storage_not_shared,
+)
 from search.preflight import prepare
 from search.storage import (
     CONFIG_ATTR,
@@ -36,6 +43,8 @@ from search.storage import (
     storage_url,
 )
 from search.storage import COST_ATTR_PREFIX, EPOCH_VALUES_ATTR, WEIGHTS_KEPT_ATTR, WEIGHTS_NEW_ATTR
+from search.faults import FAIL_REASON_KEY
+from search.resume import INTERRUPTED_ATTR
 from search.study import Study, StudyError
 from spaces.terms import resolve_config
 
@@ -44,6 +53,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["RunResult", "default_run_dir", "run"]
 
 TUNE_FOLDER = "tune"
+PLACEMENTS_ATTR = "placements"
+TRIAL_FOLDER_ATTR = "trial_folder"
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,7 @@ def run(
     run_dir: str | Path | None = None,
     address: str | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> RunResult:
     """Run ``study`` to its budget and return the result.
 
@@ -81,6 +93,8 @@ def run(
             ``runs/<study name>`` by default.
         address: a Ray cluster address; by default Ray starts on this machine, on loopback only.
         progress: show a progress bar on standard error.
+        resume: continue the study stored for ``run_dir`` by the rule in :mod:`search.resume`,
+            instead of rejecting a storage that already has it.
 
     Raises:
         StudyError: before any trial starts, when the study cannot run.
@@ -89,14 +103,28 @@ def run(
     url = storage_url(study, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(url)
-    _reject_existing_study(study, storage, run_dir, url)
+    if resume:
+        from search.resume import plan_resume
+
+        remaining = plan_resume(study, storage, run_dir).remaining
+    else:
+        _reject_existing_study(study, storage, run_dir, url)
+        remaining = study.budget.trials
+    check_checkpoint_storage(study)
     prepared = prepare(study)
     (run_dir / RESOLVED_STUDY_FILE).write_text(study.to_yaml(), encoding="utf-8")
     logger.info("Study %r: run directory %s, storage %s", study.name, run_dir, mask_url(url))
+    if remaining == 0:
+        logger.info("Study %r already has its %d trials; nothing to run", study.name, study.budget.trials)
+        return RunResult(run_dir, optuna.load_study(study_name=study.name, storage=storage), mask_url(url))
 
     started_ray = _init_ray(address)
     try:
-        optuna_study = _fit(study, prepared, storage, run_dir, progress)
+        if address:
+            cluster = describe_cluster()
+            logger.info("Ray cluster at %s: %d nodes, resources %s", address, cluster["nodes"], cluster["resources"])
+            warn_if_storage_not_shared(study, run_dir)
+        optuna_study = _fit(study, prepared, storage, run_dir, progress, remaining)
     finally:
         if started_ray:
             import ray
@@ -113,7 +141,8 @@ def _reject_existing_study(study: Study, storage, run_dir: Path, url: str) -> No
     count = len(existing.trials)
     raise StudyError(
         f"the storage {mask_url(url)} already has a study named {study.name!r} with {count} "
-        f"trials; choose another run directory with --run-dir, remove {run_dir}, or rename the study"
+        f"trials; choose another run directory with --run-dir, remove {run_dir}, or rename the study; "
+        "or continue it with --resume"
     )
 
 
@@ -145,13 +174,14 @@ def _listen_on_loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool):
+def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool, remaining: int):
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
     from search.strategy import create_sampler, create_scheduler
+    from search.faults import guarded_train_trial
     from search.tracking import tracking_callbacks
-    from search.trainable import TrialSettings, train_trial
+    from search.trainable import TrialSettings
 
     trackers = tracking_callbacks(study)
 
@@ -171,12 +201,19 @@ def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool):
         model_factory=prepared.model_factory,
         metric=study.objective.metric,
         mode=study.objective.mode,
+        precision=study.resources.precision,
+        compile=study.resources.compile,
     )
     trainable = tune.with_resources(
         tune.with_parameters(
-            train_trial, data=prepared.dataset, weights=prepared.weights, settings=settings
+            guarded_train_trial,
+            data=prepared.dataset,
+            weights=prepared.weights,
+            settings=settings,
+            metric=study.objective.metric,
+            memory_mb=study.resources.memory_mb,
         ),
-        {"cpu": study.resources.cpus, "gpu": study.resources.gpus},
+        trial_resources(study),
     )
     display = _Progress(study, searcher, enabled=progress)
     tuner = tune.Tuner(
@@ -184,17 +221,19 @@ def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool):
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=study.search.concurrency),
             scheduler=create_scheduler(study),
-            num_samples=study.budget.trials,
+            num_samples=remaining,
             reuse_actors=True,
             time_budget_s=study.budget.time_limit,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
             name=TUNE_FOLDER,
-            storage_path=str(run_dir),
+            storage_path=experiment_folder(study, run_dir),
             verbose=0,
             callbacks=[display, *trackers],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # A trial whose worker died restarts from its last checkpoint as the same trial.
+            failure_config=tune.FailureConfig(max_failures=study.cluster.max_failures),
         ),
     )
     try:
@@ -278,6 +317,7 @@ class _StudySearcher(OptunaSearch):
         # Named objectives appear in optuna-dashboard and ftsearch's report instead of "value".
         metrics = self._metric if isinstance(self._metric, list) else [self._metric]
         self._ot_study.set_metric_names(metrics)
+        self.placements: dict[str, list[dict]] = {}
 
     @property
     def optuna_study(self):
@@ -349,6 +389,28 @@ class _StudySearcher(OptunaSearch):
         if ot_trial is None or trial_id in self._completed_trials:
             return
         self._report(trial_id, result)
+        self._record_placement(trial_id, result)
+
+    def _record_placement(self, trial_id: str, result: dict) -> None:
+        """Keep in the ``placements`` user attribute each worker (node, process) the trial ran on."""
+        placement = result.get("placement")
+        if not isinstance(placement, dict):
+            # Tune hands searchers flattened results: "placement/pid" and so on.
+            placement = {}
+            for key, value in result.items():
+                if key.startswith("placement/"):
+                    *parents, name = key.split("/")[1:]
+                    folder = placement
+                    for parent in parents:
+                        folder = folder.setdefault(parent, {})
+                    folder[name] = value
+        if not placement:
+            return
+        placements = self.placements.setdefault(trial_id, [])
+        if placement in placements:
+            return
+        placements.append(dict(placement))
+        self._ot_trials[trial_id].set_user_attr(PLACEMENTS_ATTR, placements)
 
     def _report(self, trial_id: str, result: dict) -> None:
         """Store the epoch's objective value as an Optuna intermediate value, once per epoch."""
@@ -373,6 +435,11 @@ class _StudySearcher(OptunaSearch):
             # A failed trial is told by fail(), which the callback calls with the error.
             return
         result = result or {}
+        self._record_placement(trial_id, result)
+        if result.get(FAIL_REASON_KEY):
+            # The trial ended for good in its worker (divergence, out of memory): no retry.
+            self.fail(trial_id, str(result[FAIL_REASON_KEY]))
+            return
         # Tune passes the last result of a stopped trial here instead of to on_trial_result.
         self._report(trial_id, result)
         epoch = int(result.get("epoch") or 0)
@@ -407,7 +474,16 @@ class _StudySearcher(OptunaSearch):
     def fail_unfinished(self, reason: str) -> None:
         """Mark FAIL every trial that was started but never finished."""
         for trial_id in list(self._ot_trials):
+            if trial_id not in self._completed_trials:
+                # A resumed run trains these configurations again (search.resume).
+                self._ot_trials[trial_id].set_user_attr(INTERRUPTED_ATTR, True)
             self.fail(trial_id, reason)
+
+    def record_trial_folder(self, trial_id: str, path: str | None) -> None:
+        """Keep where Ray Tune writes the trial's checkpoints, for loading them later."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and path:
+            ot_trial.set_user_attr(TRIAL_FOLDER_ATTR, str(path))
 
     def frozen_trial(self, trial_id: str):
         """Return the stored Optuna trial of a Ray trial, or None."""
@@ -440,6 +516,7 @@ class _Progress(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running += 1
+        self.searcher.record_trial_folder(trial.trial_id, trial.path)
         self._update_postfix()
 
     def on_step(self, iteration, trials, **info):

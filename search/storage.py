@@ -59,7 +59,16 @@ def open_storage(url: str):
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except ModuleNotFoundError as error:
+        from search.study import StudyError
+
+        # SQLAlchemy 2.1 reads postgresql:// as psycopg 3; psycopg2 needs postgresql+psycopg2://.
+        raise StudyError(
+            f"storage: the database driver for {mask_url(url)} is not installed ({error}); install "
+            "it, such as pip install psycopg2-binary with a postgresql+psycopg2:// URL"
+        ) from None
 
 
 def open_run(run_dir: str | Path):

@@ -41,6 +41,9 @@ SCHEDULERS = ("asha", "median", "none")
 DATA_SOURCES = ("digits", "folder", "csv")
 BAD_FILE_ACTIONS = ("error", "skip")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# "auto" is bf16 autocast on a CUDA device that supports it and float32 elsewhere.
+PRECISIONS = ("auto", "bf16", "fp32")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 
 class StudyError(ValueError):
@@ -75,6 +78,15 @@ def _non_negative(value):
 
 def _fraction(value):
     return None if 0 < value < 1 else "must be between 0 and 1 (exclusive)"
+
+
+def _storage_location(value):
+    if "://" in value or value.startswith("/"):
+        return None
+    return (
+        "must be an absolute path that every Ray node reaches (such as /mnt/shared/ftsearch) "
+        "or a URI such as s3://bucket/folder"
+    )
 
 
 def _one_of(choices):
@@ -173,6 +185,18 @@ class ResourceSettings:
 
     cpus: float = _option((int, float), _positive, default=1)
     gpus: float = _option((int, float), _non_negative, default=0)
+    # Host memory per trial in MiB: Ray reserves it, and CPU trials fail past it (search.devices).
+    memory_mb: int | None = _option((int, type(None)), _at_least_one, default=None)
+    precision: str = _option(str, _one_of(PRECISIONS), default="auto")
+    compile: str = _option(str, _one_of(COMPILE_MODES), default="none")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Checkpoint storage shared by every Ray node, and the restarts of a trial whose worker died."""
+
+    checkpoint_storage: str | None = _option((str, type(None)), _storage_location, default=None)
+    max_failures: int = _option(int, _non_negative, default=2)
 
 
 MLFLOW_SCHEMES = ("file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
@@ -204,6 +228,7 @@ SECTIONS = {
     "search": SearchSettings,
     "resources": ResourceSettings,
     "tracking": TrackingSettings,
+    "cluster": ClusterSettings,
 }
 TOP_LEVEL_KEYS = ("name", *SECTIONS, "storage", "space")
 
@@ -223,6 +248,7 @@ class Study:
     space: Space
     storage: str | None = None
     source: Path | None = None
+    cluster: ClusterSettings = ClusterSettings()
 
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any], source: Path | None = None) -> Study:

@@ -51,6 +51,8 @@ class TrialSettings:
     mode: str = "max"
     # A model factory's callable builds the model in place of timm; see search.factories.
     model_factory: Any = None
+    precision: str = "auto"
+    compile: str = "none"
 
 
 def train_trial(config: dict[str, Any], data, weights: dict, settings: TrialSettings) -> None:
@@ -62,10 +64,12 @@ def train_trial(config: dict[str, Any], data, weights: dict, settings: TrialSett
     import torch
     from ray import tune
 
+    from search.devices import select_device, worker_placement
+
     trial_config = config["trial"]
     torch.set_num_threads(max(1, int(settings.cpus)))
     _seed_everything(settings.seed)
-    device = torch.device("cuda" if settings.gpus > 0 and torch.cuda.is_available() else "cpu")
+    runtime = select_device(settings.gpus, settings.precision, settings.compile)
 
     backbone = trial_config.get("backbone") or settings.model_name
     if settings.model_factory is not None:
@@ -74,12 +78,14 @@ def train_trial(config: dict[str, Any], data, weights: dict, settings: TrialSett
         model = build_factory_model(settings.model_factory, trial_config, data)
     else:
         model = _build(trial_config, backbone, data.num_classes, weights.get(backbone), settings)
-    model.to(device)
-    loop = _TrainingLoop(model, trial_config, data, settings, backbone, device)
+    runtime.prepare_model(model)
+    loop = _TrainingLoop(model, trial_config, data, settings, backbone, runtime)
+    placement = worker_placement(runtime)
 
     start_epoch = loop.restore(tune.get_checkpoint())
     for epoch in range(start_epoch, settings.max_epochs):
         metrics = loop.run_epoch(epoch)
+        metrics["placement"] = placement
         with tempfile.TemporaryDirectory() as folder:
             loop.save(Path(folder) / CHECKPOINT_FILE, epoch + 1)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -109,7 +115,7 @@ def _build(trial_config, backbone, num_classes, weights, settings):
 class _TrainingLoop:
     """Optimizer, schedule, loss, augmentation, EMA, early stopping and the batches of one trial."""
 
-    def __init__(self, model, trial_config, data, settings: TrialSettings, backbone, device):
+    def __init__(self, model, trial_config, data, settings: TrialSettings, backbone, runtime):
         import torch
 
         from search.augment import AugmentedBatches, augmentation_active, build_train_transform
@@ -121,7 +127,8 @@ class _TrainingLoop:
         self.config = trial_config
         self.data = data
         self.settings = settings
-        self.device = device
+        self.runtime = runtime
+        self.device = device = runtime.device
         self.batch_size = int(trial_config["batch_size"])
         self.steps_per_epoch = max(1, math.ceil(len(data.train_y) / self.batch_size))
         self.optimizer = build_optimizer(model, trial_config)
@@ -160,13 +167,10 @@ class _TrainingLoop:
         return metrics
 
     def _batch(self, images: np.ndarray, labels: np.ndarray, index):
-        import torch
-
-        x = torch.from_numpy(images[index]).to(self.device, non_blocking=True)
-        x = x.float()
+        x = self.runtime.to_device(images[index]).float()
         if self.data.kind == "image":
             x = x.mul_(self.scale).add_(self.shift)
-        y = torch.from_numpy(labels[index]).to(self.device, non_blocking=True)
+        y = self.runtime.to_device(labels[index])
         return x, y
 
     def _train_batch(self, index):
@@ -176,7 +180,9 @@ class _TrainingLoop:
         import torch
 
         x = self.augment(index).to(self.device, non_blocking=True)
-        y = torch.from_numpy(self.data.train_y[index]).to(self.device, non_blocking=True)
+        if self.runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = self.runtime.to_device(self.data.train_y[index])
         return x, y
 
     def train_epoch(self, epoch: int) -> float:
@@ -200,7 +206,7 @@ class _TrainingLoop:
         from search.optim import clip_gradients
 
         x, target = self.loss.prepare(x, y)
-        loss = self.loss(self.model(x), target)
+        loss = self.loss(self.runtime.forward(self.model, x), target)
         if not torch.isfinite(loss):
             raise TrialDiverged(
                 f"training loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1}; "
@@ -236,7 +242,7 @@ class _TrainingLoop:
             for start in range(0, len(labels), EVAL_BATCH_SIZE):
                 index = np.arange(start, min(start + EVAL_BATCH_SIZE, len(labels)))
                 x, y = self._batch(images, labels, index)
-                logits = model(x)
+                logits = self.runtime.forward(model, x)
                 total_loss += self.eval_loss_fn(logits, y).item() * len(index)
                 correct += (logits.argmax(dim=1) == y).sum().item()
         return total_loss / len(labels), correct / len(labels)

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState, create_trial
+from optuna.trial import TrialState
 
 from search import report, report_data
 

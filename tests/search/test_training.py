@@ -17,6 +17,7 @@ from torchvision import transforms
 
 from search.augment import augmentation_active, build_train_transform
 from search.data import Dataset
+from search.devices import select_device
 from search.loss import build_training_loss
 from search.model import build_model
 from search.optim import build_ema, build_optimizer, build_scheduler, check_optimizers, clip_gradients, scaled_lr
@@ -53,7 +54,7 @@ def training_loop(trial_config, data=None, max_epochs=2, metric="val_accuracy", 
     )
     if model is None:
         model, _ = build_model("resnet10t", 10, {"frozen_stages": trial_config["frozen_stages"]}, in_chans=channels)
-    return _TrainingLoop(model, trial_config, data, settings, "resnet10t", torch.device("cpu"))
+    return _TrainingLoop(model, trial_config, data, settings, "resnet10t", select_device(0))
 
 
 def groups_of(optimizer, model):
