@@ -315,8 +315,7 @@ class _StudySearcher(OptunaSearch):
         )
         self.reported_epochs: dict[str, int] = {}
         # Named objectives appear in optuna-dashboard and ftsearch's report instead of "value".
-        metrics = self._metric if isinstance(self._metric, list) else [self._metric]
-        self._ot_study.set_metric_names(metrics)
+        self._ot_study.set_metric_names([metric for metric, _ in study.objective.objectives])
         self.placements: dict[str, list[dict]] = {}
 
     @property

@@ -59,6 +59,7 @@ def test_study_stores_both_objectives(pareto_run):
 
     assert study.search.sampler == "nsga2"
     assert [direction.name for direction in stored.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert stored.metric_names == ["val_accuracy", "params"]
     complete = [trial for trial in stored.trials if trial.state == optuna.trial.TrialState.COMPLETE]
     assert complete
     for trial in complete:
