@@ -210,7 +210,225 @@ def bench_sampler_scaling(quick: bool, folder: Path) -> list[dict]:
     ]
 
 
-BENCHMARKS = ("training_step", "engine_overhead", "parallel_scaling", "sampler_scaling")
+def _short_trial_study(trials: int, concurrency: int):
+    """A study of trials with almost no work: one epoch of a one-layer MLP on 178 wine samples."""
+    from search.study import Study
+
+    studies = Path(__file__).resolve().parents[1] / "studies"
+    return Study.from_dict(
+        {
+            "name": "short",
+            "model": {"factory": "tabular:build_mlp"},
+            "data": {"factory": "tabular:load_wine"},
+            "budget": {"trials": trials, "max_epochs": 1},
+            "search": {"concurrency": concurrency, "scheduler": "none", "sampler": "tpe", "seed": 0},
+            "resources": {"cpus": 1},
+            "space": {
+                "factory_params": {"depth": 1, "width": 16},
+                "lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-2, "log": True},
+                "batch_size": 64,
+            },
+        },
+        source=studies / "short.yaml",
+    )
+
+
+def _plain_objective_work(lr: float) -> float:
+    """What one short trial computes, outside ftsearch: an epoch of the same MLP on the same data."""
+    studies = str(Path(__file__).resolve().parents[1] / "studies")
+    if studies not in sys.path:
+        sys.path.insert(0, studies)
+    import tabular
+
+    from search.study import DataSettings
+
+    splits = tabular.load_wine(DataSettings(val_fraction=0.25, test_fraction=0.15, seed=0))
+    (train_x, train_y), (val_x, val_y) = splits["train"], splits["val"]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(train_x.shape[1], 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    x, y = torch.as_tensor(train_x, dtype=torch.float32), torch.as_tensor(train_y)
+    for start in range(0, len(y), 64):
+        loss = torch.nn.functional.cross_entropy(model(x[start : start + 64]), y[start : start + 64])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        predicted = model(torch.as_tensor(val_x, dtype=torch.float32)).argmax(dim=1)
+    return float((predicted == torch.as_tensor(val_y)).float().mean())
+
+
+def _plain_ray_tune(trials: int, concurrency: int, folder: Path) -> float:
+    """Wall time of the same trials through plain Ray Tune with OptunaSearch, Ray start included."""
+    import ray
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search.runner import _listen_on_loopback_only, _quiet_tune_output
+
+    def trainable(config):
+        tune.report({"val_accuracy": _plain_objective_work(config["lr"])})
+
+    started = time.perf_counter()
+    _listen_on_loopback_only()
+    ray.init(include_dashboard=False, num_cpus=os.cpu_count(), log_to_driver=False)
+    try:
+        searcher = OptunaSearch(
+            {"lr": tune.loguniform(1.0e-4, 3.0e-2)},
+            metric="val_accuracy",
+            mode="max",
+            sampler=optuna.samplers.TPESampler(seed=0),
+        )
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": 1}),
+            tune_config=tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+                num_samples=trials,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(name="plain", storage_path=str(folder / "plain_ray"), verbose=0),
+        )
+        with _quiet_tune_output():
+            tuner.fit()
+    finally:
+        ray.shutdown()
+    return time.perf_counter() - started
+
+
+def bench_short_trials(quick: bool, folder: Path) -> list[dict]:
+    """Short trials through ftsearch against plain Optuna and plain Ray Tune with OptunaSearch."""
+    trials, concurrency = (30 if quick else 100), 2
+
+    started = time.perf_counter()
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    study.optimize(lambda trial: _plain_objective_work(trial.suggest_float("lr", 1.0e-4, 3.0e-2, log=True)), trials)
+    plain_optuna = time.perf_counter() - started
+
+    plain_ray = _plain_ray_tune(trials, concurrency, folder)
+    _, ours = _run_study(_short_trial_study(trials, concurrency), folder)
+    return [
+        {
+            "name": "short trials vs Optuna",
+            "measured": (
+                f"{trials} trials of one MLP epoch on wine: ftsearch {ours:.1f} s ({concurrency} concurrent, "
+                f"Ray start included) vs optuna.optimize {plain_optuna:.1f} s (in process, 1 at a time)"
+            ),
+            "ratio": ours / plain_optuna,
+            "goal": "<= 3",
+        },
+        {
+            "name": "short trials vs Ray Tune",
+            "measured": (
+                f"the same {trials} trials: ftsearch {ours:.1f} s vs plain Ray Tune with OptunaSearch "
+                f"{plain_ray:.1f} s ({concurrency} concurrent, Ray start included)"
+            ),
+            "ratio": ours / plain_ray,
+            "goal": "record",
+        },
+    ]
+
+
+def _write_jpeg_folder(root: Path, count: int, width: int = 400, height: int = 300) -> None:
+    """Write ``count`` JPEG files (quality 90) of smooth noise in 4 class folders."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        class_folder = root / f"class{index % 4}"
+        class_folder.mkdir(parents=True, exist_ok=True)
+        small = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
+        image.save(class_folder / f"{index:06d}.jpg", quality=90)
+
+
+def bench_data_sharing(quick: bool, folder: Path) -> list[dict]:
+    """An epoch on the study's decoded images against an epoch that decodes the JPEG files again.
+
+    The second is what a trial does with a torchvision ``ImageFolder`` and a ``DataLoader``, the
+    usual fine-tuning loop: every epoch opens, decodes and resizes each file. The ratio depends
+    on how a file's decode time compares with the model's training time per image, so it is
+    measured for small and for large files.
+    """
+    count = 256 if quick else 768
+    sizes = ((640, 480),) if quick else ((400, 300), (1024, 768))
+    return [_data_sharing_row(folder / f"jpeg{width}", count, width, height, 2 if quick else 3) for width, height in sizes]
+
+
+def _data_sharing_row(root: Path, count: int, width: int, height: int, repeats: int) -> dict:
+    import timm
+    import torchvision
+    from torchvision import transforms
+
+    from search.data import Dataset
+    from search.devices import select_device
+    from search.image_files import list_folder
+    from search.images import decode_images
+    from search.trainable import TrialSettings, _TrainingLoop
+    from spaces.terms import resolve_config
+
+    size, batch, threads = 32, 64, 1
+    _write_jpeg_folder(root, count, width, height)
+    torch.set_num_threads(threads)
+    mean, std = (0.5,) * 3, (0.5,) * 3
+
+    table = list_folder(root)
+    images = np.stack(decode_images(table, size, 3, workers=threads).arrays)
+    labels = np.array([file.label for file in table.files], dtype=np.int64)
+    dataset = Dataset(table.classes, images, labels, images[:batch], labels[:batch], images[:0], labels[:0])
+    settings = TrialSettings("resnet10t", 3, 1, 0, threads, 0, {"resnet10t": (mean, std)})
+    config = resolve_config({"batch_size": batch, "lr": 1e-3, "weight_decay": 0.01})
+
+    def shared_epoch() -> float:
+        torch.manual_seed(0)
+        model = timm.create_model("resnet10t", num_classes=4)
+        loop = _TrainingLoop(model, config, dataset, settings, "resnet10t", select_device(0))
+        started = time.perf_counter()
+        loop.train_epoch(0)
+        return time.perf_counter() - started
+
+    def decoding_epoch() -> float:
+        torch.manual_seed(0)
+        model = timm.create_model("resnet10t", num_classes=4)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+        transform = transforms.Compose(
+            [transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize(mean, std)]
+        )
+        loader = torch.utils.data.DataLoader(
+            torchvision.datasets.ImageFolder(str(root), transform=transform), batch_size=batch, shuffle=True
+        )
+        model.train()
+        started = time.perf_counter()
+        for x, y in loader:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return time.perf_counter() - started
+
+    shared, decoding = [], []
+    for _ in range(repeats):  # interleaved, so drift in machine load hits both alike
+        shared.append(shared_epoch())
+        decoding.append(decoding_epoch())
+    return {
+        "name": f"data sharing, {width}x{height}",
+        "measured": (
+            f"one epoch of resnet10t at {size} px on {count} {width}x{height} JPEG files, batch {batch}, "
+            f"{threads} thread: decoded once by the study {statistics.median(shared):.2f} s vs decoded in "
+            f"the epoch by ImageFolder + DataLoader {statistics.median(decoding):.2f} s"
+        ),
+        "ratio": statistics.median(shared) / statistics.median(decoding),
+        "goal": "<= 0.3",
+    }
+
+BENCHMARKS = (
+    "training_step",
+    "engine_overhead",
+    "short_trials",
+    "data_sharing",
+    "parallel_scaling",
+    "sampler_scaling",
+)
 
 
 def main() -> int:
