@@ -1,8 +1,9 @@
 """Run a study: Ray Tune runs the trials, Optuna picks each trial's configuration.
 
-Every Ray Tune trial is exactly one Optuna trial in the study's storage: trials that ran every
-epoch end COMPLETE, trials the scheduler stopped early end PRUNED with their per-epoch values,
-and failed trials end FAIL with the error in the ``fail_reason`` user attribute.
+Every Ray Tune trial is exactly one Optuna trial in the study's storage. Trials that ran every
+epoch, or stopped themselves by early stopping, end COMPLETE. Trials the scheduler or the time
+limit stopped end PRUNED with their per-epoch values. Failed trials end FAIL with the error in
+the ``fail_reason`` user attribute.
 """
 
 from __future__ import annotations
@@ -431,7 +432,7 @@ class _StudySearcher(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials or error:
-            # A failed trial is told by fail(), which the callback calls with the error.
+            # fail() records a failed trial; the progress callback calls it with the error.
             return
         result = result or {}
         self._record_placement(trial_id, result)

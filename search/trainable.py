@@ -37,8 +37,10 @@ class TrialDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class TrialSettings:
-    """Settings every trial of a study shares: the model defaults, the budget, the devices and
-    the objective (``metric`` and its Ray Tune ``mode``, for early stopping and plateau schedules)."""
+    """Settings that every trial of a study shares: model defaults, budget, devices and objective.
+
+    ``metric`` and its Ray Tune ``mode`` drive early stopping and plateau schedules.
+    """
 
     model_name: str
     in_chans: int
