@@ -25,6 +25,8 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.search_efficiency import bench_digits, bench_tabular, format_ratio  # noqa: E402
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -210,7 +212,15 @@ def bench_sampler_scaling(quick: bool, folder: Path) -> list[dict]:
     ]
 
 
-BENCHMARKS = ("training_step", "engine_overhead", "parallel_scaling", "sampler_scaling")
+def bench_search_efficiency(quick: bool, folder: Path) -> list[dict]:
+    """Compare TPE with random search: trials on tabular benchmarks, epochs with ASHA on digits.
+
+    benchmarks/search_efficiency.py describes both measurements and runs the full version.
+    """
+    return [*bench_tabular(quick), bench_digits(quick, folder)]
+
+
+BENCHMARKS = ("training_step", "engine_overhead", "parallel_scaling", "sampler_scaling", "search_efficiency")
 
 
 def main() -> int:
@@ -231,12 +241,12 @@ def main() -> int:
             for row in found if isinstance(found, list) else [found]:
                 row["seconds"] = time.perf_counter() - started
                 rows.append(row)
-                print(f"{row['name']}: ratio {row['ratio']:.2f} ({row['measured']})", file=sys.stderr, flush=True)
+                print(f"{row['name']}: ratio {format_ratio(row['ratio'])} ({row['measured']})", file=sys.stderr, flush=True)
     print(f"\nMachine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"torch {torch.__version__}, optuna {optuna.__version__}")
     print("\n| benchmark | measured | ratio | goal |\n| --- | --- | --- | --- |")
     for row in rows:
-        print(f"| {row['name']} | {row['measured']} | {row['ratio']:.2f} | {row['goal']} |")
+        print(f"| {row['name']} | {row['measured']} | {format_ratio(row['ratio'])} | {row['goal']} |")
     return 0
 
 
