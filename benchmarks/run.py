@@ -241,7 +241,8 @@ def main() -> int:
             for row in found if isinstance(found, list) else [found]:
                 row["seconds"] = time.perf_counter() - started
                 rows.append(row)
-                print(f"{row['name']}: ratio {format_ratio(row['ratio'])} ({row['measured']})", file=sys.stderr, flush=True)
+                ratio = format_ratio(row["ratio"])
+                print(f"{row['name']}: ratio {ratio} ({row['measured']})", file=sys.stderr, flush=True)
     print(f"\nMachine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"torch {torch.__version__}, optuna {optuna.__version__}")
     print("\n| benchmark | measured | ratio | goal |\n| --- | --- | --- | --- |")
