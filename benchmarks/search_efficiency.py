@@ -76,8 +76,8 @@ class DigitsSizes:
 
 
 # One epoch of resnet10t at 32 px on digits took about 4 s, trial start included, with 2
-# trials on 2 cores. From that, the full sizes take an estimated 18 minutes and the quick ones
-# took 2 minutes (measured on a shared 2-core VM).
+# trials on 2 cores. On that shared 2-core VM the full sizes took 18 minutes (tabular part
+# included) and the quick digits part 2 minutes.
 FULL_DIGITS = DigitsSizes(trials=24, epochs=4, startup_trials=6, seeds=3)
 QUICK_DIGITS = DigitsSizes(trials=8, epochs=2, startup_trials=3, seeds=1)
 
