@@ -13,7 +13,7 @@ FAIL = optuna.trial.TrialState.FAIL
 
 
 def _trial(state, epoch_values):
-    """Return a trial with one intermediate value per epoch; a COMPLETE one ends on its last."""
+    """Return a trial with one intermediate value per epoch. A COMPLETE trial's value is its last."""
     return optuna.trial.create_trial(
         state=state,
         value=epoch_values[-1] if state == COMPLETE else None,
@@ -34,7 +34,7 @@ def _stored_trials(specs):
     return study.get_trials(deepcopy=False)
 
 
-def test_counts_pruned_and_failed_epochs_in_completion_order():
+def test_counts_epochs_in_completion_order():
     trials = _stored_trials(
         [
             (COMPLETE, [0.5, 0.8, 0.95], 30),  # number 0, finished third
@@ -47,13 +47,13 @@ def test_counts_pruned_and_failed_epochs_in_completion_order():
     assert epochs_to_reach(trials, 0.9) == 1 + 2 + 3
 
 
-def test_pruned_value_never_counts_as_reached():
+def test_pruned_value_not_reached():
     trials = _stored_trials([(PRUNED, [0.99], 10), (COMPLETE, [0.5, 0.97], 20)])
     assert epochs_to_reach(trials, 0.97) == 1 + 2
     assert epochs_to_reach(trials, 0.98) is None
 
 
-def test_minimize_direction():
+def test_epochs_to_reach_minimize():
     trials = _stored_trials([(COMPLETE, [0.9, 0.5], 10), (COMPLETE, [0.8, 0.2], 20)])
     assert epochs_to_reach(trials, 0.5, direction="minimize") == 2
     assert epochs_to_reach(trials, 0.3, direction="minimize") == 4
