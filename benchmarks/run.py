@@ -25,6 +25,8 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.search_efficiency import bench_digits, bench_tabular, format_ratio  # noqa: E402
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -421,6 +423,14 @@ def _data_sharing_row(root: Path, count: int, width: int, height: int, repeats: 
         "goal": "<= 0.3",
     }
 
+
+def bench_search_efficiency(quick: bool, folder: Path) -> list[dict]:
+    """Compare TPE with random search: trials on tabular benchmarks, epochs with ASHA on digits.
+
+    benchmarks/search_efficiency.py describes both measurements and runs the full version.
+    """
+    return [*bench_tabular(quick), bench_digits(quick, folder)]
+
 BENCHMARKS = (
     "training_step",
     "engine_overhead",
@@ -428,6 +438,7 @@ BENCHMARKS = (
     "data_sharing",
     "parallel_scaling",
     "sampler_scaling",
+    "search_efficiency",
 )
 
 
@@ -449,12 +460,13 @@ def main() -> int:
             for row in found if isinstance(found, list) else [found]:
                 row["seconds"] = time.perf_counter() - started
                 rows.append(row)
-                print(f"{row['name']}: ratio {row['ratio']:.2f} ({row['measured']})", file=sys.stderr, flush=True)
+                ratio = format_ratio(row["ratio"])
+                print(f"{row['name']}: ratio {ratio} ({row['measured']})", file=sys.stderr, flush=True)
     print(f"\nMachine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"torch {torch.__version__}, optuna {optuna.__version__}")
     print("\n| benchmark | measured | ratio | goal |\n| --- | --- | --- | --- |")
     for row in rows:
-        print(f"| {row['name']} | {row['measured']} | {row['ratio']:.2f} | {row['goal']} |")
+        print(f"| {row['name']} | {row['measured']} | {format_ratio(row['ratio'])} | {row['goal']} |")
     return 0
 
 
