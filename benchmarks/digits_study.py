@@ -40,11 +40,20 @@ def main() -> int:
 
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / 'study.db'}")
     states = [trial.state.name for trial in study.trials]
-    epochs = sum(len(trial.intermediate_values) for trial in study.trials)
     counts = ", ".join(f"{states.count(s)} {s}" for s in ("COMPLETE", "PRUNED", "FAIL") if s in states)
+    if len(study.directions) > 1:
+        # Several objectives: Optuna keeps no intermediate values, ftsearch keeps them in epoch_values.
+        epochs = sum(len(trial.user_attrs.get("epoch_values", [])) for trial in study.trials)
+        front = study.best_trials
+        pick = max if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else min
+        first = pick(trial.values[0] for trial in front)
+        best = f"Pareto front of {len(front)} trials, best first objective {first:.4f}"
+    else:
+        epochs = sum(len(trial.intermediate_values) for trial in study.trials)
+        best = f"{study.best_value:.4f} (trial {study.best_trial.number})"
     print(
-        f"| {platform.node()} ({os.cpu_count()} cores) | {seconds:.0f} s | {study.best_value:.4f} "
-        f"(trial {study.best_trial.number}) | {len(states)} trials: {counts} | {epochs} epochs |"
+        f"| {platform.node()} ({os.cpu_count()} cores) | {seconds:.0f} s | {best} | {len(states)} trials: "
+        f"{counts} | {epochs} epochs |"
     )
     return 0
 
