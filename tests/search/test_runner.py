@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from search.cli import main
-from search.runner import _init_ray, run
+from search.runner import run
 from search.storage import open_run
 from search.study import Study, StudyError
 from spaces.terms import TERMS
@@ -15,17 +15,6 @@ from tests.conftest import tiny_study_dict
 pytestmark = pytest.mark.slow
 
 MAX_EPOCHS = 2
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray for the module, started as the product starts it (loopback only)."""
-    import ray
-
-    started = _init_ray(None)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

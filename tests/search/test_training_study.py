@@ -5,7 +5,7 @@ import json
 import optuna
 import pytest
 
-from search.runner import _init_ray, _StudySearcher, run
+from search.runner import _StudySearcher, run
 from search.storage import open_run
 from search.study import Study
 from spaces.terms import TERMS
@@ -31,16 +31,6 @@ TRAINING_SPACE = {
     "random_erasing_prob": 0.25,
     "batch_size": 64,
 }
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    started = _init_ray(None)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from search.checkpoints import load_trial_model
 from search.cli import main
 from search.evaluate import score_test_split
 from search.preflight import prepare
-from search.runner import _init_ray, run
+from search.runner import run
 from search.storage import open_run, trial_config
 from search.study import Study
 from spaces.terms import TERMS
@@ -23,16 +23,6 @@ from tests.search.image_data import write_class_folders
 pytestmark = pytest.mark.slow
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    started = _init_ray(None)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
