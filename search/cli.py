@@ -117,6 +117,8 @@ def _command_best(args: argparse.Namespace) -> int:
     from search.results import best_study, best_summary
     from search.storage import open_run
 
+    if args.export:
+        _check_export_target(Path(args.export), args.force)
     study, optuna_study = open_run(args.run)
     summary = best_summary(study, optuna_study)
     if summary is None:
@@ -132,6 +134,14 @@ def _command_best(args: argparse.Namespace) -> int:
         Path(args.export).write_text(exported.to_yaml(), encoding="utf-8")
         print(f"Wrote the best configuration as the study {exported.name!r} to {args.export}", file=sys.stderr)
     return 0
+
+
+def _check_export_target(target: Path, force: bool) -> None:
+    """Raise unless ``target`` can be written: a new file in an existing folder, or ``force``."""
+    if target.exists() and not force:
+        raise FileExistsError(f"--export: {str(target)!r} already exists; give a new file name, or add --force to replace it")
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"--export: folder {str(target.parent)!r} not found; create it or choose another path")
 
 
 def _command_report(args: argparse.Namespace) -> int:
@@ -229,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     best_parser.add_argument("run", help="run directory, such as runs/digits")
     best_parser.add_argument("--json", action="store_true", help="print JSON")
     best_parser.add_argument("--export", metavar="FILE", help="write a study file that reruns the best configuration")
+    best_parser.add_argument("--force", action="store_true", help="with --export, replace FILE if it exists")
     best_parser.set_defaults(handler=_command_best)
 
     test_parser = commands.add_parser(
@@ -262,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         return args.handler(args)
-    except (StudyError, FileNotFoundError) as error:
+    except (StudyError, FileNotFoundError, FileExistsError) as error:
         print(f"ftsearch: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

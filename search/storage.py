@@ -59,16 +59,33 @@ def open_storage(url: str):
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from search.study import StudyError
+
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except ModuleNotFoundError as error:
-        from search.study import StudyError
-
+    except ImportError as error:
         # SQLAlchemy 2.1 reads postgresql:// as psycopg 3; psycopg2 needs postgresql+psycopg2://.
         raise StudyError(
-            f"storage: the database driver for {mask_url(url)} is not installed ({error}); install "
-            "it, such as pip install psycopg2-binary with a postgresql+psycopg2:// URL"
+            f"storage: the database driver for {mask_url(url)} is not installed ({error}); {_driver_fix(url)}"
         ) from None
+    except SQLAlchemyError as error:
+        # The first line of SQLAlchemy's message names the cause; the rest repeats the statement.
+        cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        if url.startswith("sqlite"):
+            fix = "check that the file's folder exists and is writable"
+        else:
+            fix = "check that the database server runs, listens at that address and accepts this user"
+        raise StudyError(f"storage: cannot open {mask_url(url)}: {cause}; {fix}") from None
+
+
+def _driver_fix(url: str) -> str:
+    if url.startswith("postgresql"):
+        return "run pip install psycopg2-binary and write the URL as postgresql+psycopg2://..."
+    if url.startswith("mysql"):
+        return "run pip install PyMySQL and write the URL as mysql+pymysql://..."
+    return "install the SQLAlchemy driver that the URL's scheme names"
 
 
 def open_run(run_dir: str | Path):

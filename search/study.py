@@ -93,7 +93,7 @@ def _one_of(choices):
     def check(value):
         if value in choices:
             return None
-        return f"is not valid; valid choices: {', '.join(choices)}"
+        return f"is not valid; valid choices: {', '.join(str(choice) for choice in choices)}"
 
     return check
 

@@ -50,3 +50,48 @@ def test_unknown_command_exits_with_usage(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fly"])
     assert exit_info.value.code == 2
+
+
+def test_best_export_keeps_existing_file(tmp_path, capsys):
+    target = tmp_path / "study.yaml"
+    target.write_text("name: mine\n")
+    assert main(["best", str(tmp_path / "nothing"), "--export", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"--export: {str(target)!r} already exists; give a new file name, or add --force to replace it" in err
+    assert target.read_text() == "name: mine\n"
+
+
+def test_best_export_into_missing_folder(tmp_path, capsys):
+    target = tmp_path / "missing" / "best.yaml"
+    assert main(["best", str(tmp_path / "nothing"), "--export", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"--export: folder {str(target.parent)!r} not found; create it or choose another path" in err
+
+
+def test_invalid_in_chans_lists_choices(tmp_path, capsys):
+    path = write_study(tmp_path, tiny_study_dict(model={"in_chans": 5}))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "model.in_chans" in err
+    assert "is not valid; valid choices: 1, 3" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        (
+            "postgresql+psycopg2://alice:s3cret@127.0.0.1:1/db",
+            "storage: cannot open postgresql+psycopg2://alice:***@127.0.0.1:1/db: connection to server at "
+            '"127.0.0.1", port 1 failed: Connection refused',
+        ),
+        ("sqlite:////nonexistent-ftsearch/dir/x.db", "storage: cannot open sqlite:////nonexistent-ftsearch/dir/x.db"),
+    ],
+)
+def test_unreachable_storage_is_one_line(tmp_path, capsys, storage, message):
+    path = write_study(tmp_path, tiny_study_dict(storage=storage))
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "s3cret" not in err
+    assert "Traceback" not in err
