@@ -104,10 +104,12 @@ def run(
     url = storage_url(study, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(url)
+    stored_trials = 0
     if resume:
         from search.resume import plan_resume
 
         remaining = plan_resume(study, storage, run_dir).remaining
+        stored_trials = len(optuna.load_study(study_name=study.name, storage=storage).trials)
     else:
         _reject_existing_study(study, storage, run_dir, url)
         remaining = study.budget.trials
@@ -125,7 +127,7 @@ def run(
             cluster = describe_cluster()
             logger.info("Ray cluster at %s: %d nodes, resources %s", address, cluster["nodes"], cluster["resources"])
             warn_if_storage_not_shared(study, run_dir)
-        optuna_study = _fit(study, prepared, storage, run_dir, progress, remaining)
+        optuna_study = _fit(study, prepared, storage, run_dir, progress, remaining, stored_trials)
     finally:
         if started_ray:
             import ray
@@ -175,7 +177,7 @@ def _listen_on_loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool, remaining: int):
+def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool, remaining: int, stored_trials: int = 0):
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -189,7 +191,7 @@ def _fit(study: Study, prepared, storage, run_dir: Path, progress: bool, remaini
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     searcher = _StudySearcher(
-        study, create_sampler(study.search), storage, meter=_architecture_meter(study, prepared)
+        study, create_sampler(study.search, stored_trials=stored_trials), storage, meter=_architecture_meter(study, prepared)
     )
     settings = TrialSettings(
         model_name=study.model.name or study.model.factory,

@@ -11,11 +11,16 @@ import optuna
 __all__ = ["PicklableNSGAIISampler", "create_sampler", "create_scheduler"]
 
 
-def create_sampler(search, directions: int = 1) -> Any:
-    """Return the seeded Optuna sampler named by ``search.sampler``."""
+def create_sampler(search, directions: int = 1, stored_trials: int = 0) -> Any:
+    """Return the seeded Optuna sampler named by ``search.sampler``.
+
+    ``stored_trials`` is the number of trials a resumed study already has. It offsets the seed,
+    because a sampler seeded as in the first run would draw that run's random startup
+    configurations again. QMC needs no offset: it continues its sequence from the storage.
+    """
     import optuna
 
-    seed = search.seed
+    seed = search.seed if search.sampler == "qmc" else search.seed + stored_trials
     startup = {} if search.startup_trials is None else {"n_startup_trials": search.startup_trials}
     if search.sampler == "tpe":
         # constant_liar keeps concurrent trials from being sampled at the same point.

@@ -197,6 +197,22 @@ def test_added_parameter_and_model_change_are_listed():
     assert error.value.problems[1].startswith("space.weight_decay: added as 0.1 since the run started")
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "random", "gp"])
+def test_resumed_sampler_draws_new_configurations(sampler):
+    from search.strategy import create_sampler
+
+    search = Study.from_dict(tiny_study_dict(search={"sampler": sampler, "seed": 0})).search
+    stored = optuna.create_study(sampler=create_sampler(search))
+    stored.optimize(lambda trial: trial.suggest_float("lr", 1.0e-4, 1.0e-1, log=True), n_trials=2)
+    first_run = [trial.params["lr"] for trial in stored.trials]
+
+    sampler = create_sampler(search, stored_trials=2)
+    resumed = optuna.load_study(study_name=stored.study_name, storage=stored._storage, sampler=sampler)
+    resumed.optimize(lambda trial: trial.suggest_float("lr", 1.0e-4, 1.0e-1, log=True), n_trials=2)
+    new = [trial.params["lr"] for trial in resumed.trials[2:]]
+    assert not set(new) & set(first_run)
+
+
 def test_budget_and_concurrency_may_change():
     saved = Study.from_dict(fault_study_dict())
     edited = Study.from_dict(fault_study_dict(budget={"trials": 9, "max_epochs": MAX_EPOCHS}, search={"concurrency": 2}))
