@@ -1,7 +1,8 @@
 """Models and data sets from Python callables, in place of a timm model and a built-in source.
 
-A study names each callable by its import path, ``"package.module:function"``. A module in the
-study file's folder is importable too, so ``tabular:build_mlp`` finds ``build_mlp`` in
+A study names each callable by its import path, ``"package.module:function"``, or by its
+module's file, ``"path/to/module.py:function"`` (relative to the study file's folder). A module
+in the study file's folder is importable too, so ``tabular:build_mlp`` finds ``build_mlp`` in
 ``tabular.py`` beside the study file.
 
 ``model.factory`` is called once per trial as ``factory(data, **params)`` and returns a
@@ -83,6 +84,8 @@ FACTORY_PARAMS = "factory_params"
 # Term targets that only a timm model built by search.model consumes.
 TIMM_TARGETS = ("model", "backbone")
 PATH_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+# A module given by its file, as a resolved study writes a module found beside the study file.
+FILE_PATH_PATTERN = re.compile(r"^[^:]+/[A-Za-z_]\w*\.py:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 SPLITS = ("train", "val", "test")
 CHECK_BATCH = 2
 
@@ -198,7 +201,7 @@ def _check_model_settings(model, space: Space) -> list[str]:
 
 
 def _check_path(path: str, key: str, example: str) -> list[str]:
-    if PATH_PATTERN.match(path):
+    if PATH_PATTERN.match(path) or FILE_PATH_PATTERN.match(path):
         return []
     return [
         f"{key}: invalid value {path!r}; write 'package.module:function', such as "
@@ -211,6 +214,22 @@ def _field_default(settings_class, name: str) -> Any:
         if setting.name == name:
             return setting.default
     return None
+
+
+def resolve_factory_file(path: str | None, source: Path | None) -> str | None:
+    """Return ``path`` with a module found beside the study file named by its absolute file.
+
+    A run directory's study.yaml and an exported best study sit in other folders, so
+    "tabular:build_mlp" from ``studies/`` becomes "/abs/studies/tabular.py:build_mlp" there.
+    Dotted modules and modules found elsewhere on the Python path stay as they are.
+    """
+    if path is None or source is None or not PATH_PATTERN.match(path):
+        return path
+    module_name, _, attribute_path = path.partition(":")
+    module_file = Path(source).resolve().parent / f"{module_name}.py"
+    if "." in module_name or not module_file.is_file():
+        return path
+    return f"{module_file}:{attribute_path}"
 
 
 def drop_timm_only_terms(study, config: dict[str, Any]) -> dict[str, Any]:
@@ -239,8 +258,11 @@ def load_factory(path: str, key: str, study) -> Callable:
     """
     from search.study import StudyError
 
-    module_name, _, attribute_path = path.partition(":")
+    module_name, _, attribute_path = path.rpartition(":")
     folder = study_folder(study)
+    if module_name.endswith(".py"):
+        module_file = folder / module_name
+        folder, module_name = module_file.parent, module_file.stem
     if str(folder) not in sys.path:
         sys.path.append(str(folder))
     importlib.invalidate_caches()
@@ -263,8 +285,6 @@ def load_factory(path: str, key: str, study) -> Callable:
 
 def study_folder(study) -> Path:
     """Return the folder that factory modules beside the study file are imported from."""
-    # NOTE: a run directory's study.yaml and an exported best study name the same module but
-    # sit elsewhere, so running them needs the original folder as the current one or on PYTHONPATH.
     if study.source is not None:
         return Path(study.source).resolve().parent
     return Path.cwd()

@@ -316,10 +316,16 @@ class Study:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the fully resolved study as plain data, defaults included."""
+        """Return the fully resolved study as plain data, defaults and absolute paths included."""
+        from search.factories import resolve_factory_file
+
         data: dict[str, Any] = {"name": self.name}
         for key in SECTIONS:
             data[key] = dataclasses.asdict(getattr(self, key))
+        # A factory module beside the study file is named by its absolute file, so the study
+        # saved in a run directory or exported elsewhere still finds it.
+        for key in ("model", "data"):
+            data[key]["factory"] = resolve_factory_file(data[key]["factory"], self.source)
         data["storage"] = self.storage
         data["space"] = self.space.to_spec()
         return data

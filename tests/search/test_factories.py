@@ -298,10 +298,12 @@ def test_features_rejected_for_timm_model(factory_study):
     study = factory_study()
     study = study.replace(model={"name": "resnet10t", "image_size": 32})
     problem = problem_of(study)
-    assert problem.startswith(
-        f"data.factory: {factory_study.module}:features returned features of shape (5,), but the "
+    # replace() goes through to_dict, which names a module beside the study file by its file.
+    assert problem.startswith("data.factory: /")
+    assert (
+        f"/{factory_study.module}.py:features returned features of shape (5,), but the "
         "timm model 'resnet10t' takes uint8 images (N, C, H, W)"
-    )
+    ) in problem
 
 
 def test_images_resized_for_timm_model(factory_study):
@@ -446,3 +448,29 @@ def test_wine_checkpoint_reproduces_accuracy(wine_run):
         predicted = loaded.model(torch.from_numpy(prepared.dataset.val_x)).argmax(dim=1).numpy()
     accuracy = float(np.mean(predicted == prepared.dataset.val_y))
     assert accuracy == pytest.approx(best.value, abs=1e-9)
+
+
+def test_saved_study_finds_factory_module(tmp_path):
+    """A run directory's study.yaml sits away from tabular.py and still imports it."""
+    from search.factories import load_factory
+
+    original = load_study(WINE_STUDY)
+    saved = tmp_path / "run" / "study.yaml"
+    saved.parent.mkdir()
+    saved.write_text(original.to_yaml())
+
+    study = load_study(saved)
+    expected = f"{(REPO / 'studies' / 'tabular.py').resolve()}:build_mlp"
+    assert study.model.factory == expected
+    assert study.to_dict() == original.to_dict()
+    assert load_factory(study.model.factory, "model.factory", study).__name__ == "build_mlp"
+    assert load_factory(study.data.factory, "data.factory", study).__name__ == "load_wine"
+
+
+def test_factory_file_path_is_valid_in_a_study():
+    import yaml
+
+    mapping = yaml.safe_load(WINE_STUDY.read_text())
+    mapping["model"]["factory"] = f"{REPO / 'studies' / 'tabular.py'}:build_mlp"
+    study = Study.from_dict(mapping)
+    assert study.model.factory == f"{REPO / 'studies' / 'tabular.py'}:build_mlp"
