@@ -46,19 +46,24 @@ def find_checkpoint(run_dir: str | Path, trial) -> Path:
     return checkpoints[-1]
 
 
-def load_trial_model(run_dir: str | Path, study, trial, num_classes: int, normalization) -> TrialModel:
+def load_trial_model(run_dir: str | Path, study, trial, num_classes: int, normalization, prepared=None) -> TrialModel:
     """Rebuild ``trial``'s model from its configuration and load its last checkpoint.
 
     ``normalization`` maps each backbone to its (mean, std), as ``search.preflight.prepare``
     returns it. No pretrained weights are loaded: the checkpoint holds every tensor. When the
     study's objective is an EMA metric (``val_accuracy_ema``, ``val_loss_ema``), the moving
-    average of the weights is loaded, since that is the model the objective scored.
+    average of the weights is loaded, since that is the model the objective scored. A factory
+    model is rebuilt by its factory, which needs ``prepared`` (``search.preflight.prepare``).
     """
     import torch
 
     from search.model import build_model
     from spaces.terms import model_config
 
+    if study.model.factory is not None and prepared is not None:
+        from search.factories import load_factory_trial_model
+
+        return load_factory_trial_model(run_dir, study, trial, prepared)
     if study.model.factory is not None:
         raise ValueError(
             f"the model of study {study.name!r} comes from model.factory; load its trials with "

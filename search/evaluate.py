@@ -50,8 +50,12 @@ def default_recipe_study(study: Study, train_images: int) -> Study:
     return study.replace(name=f"{study.name}-default", space=space, search=search, budget=budget, storage=None)
 
 
-def evaluate_model(model, images: np.ndarray, labels: np.ndarray, mean, std) -> tuple[float, float]:
-    """Return the mean cross-entropy loss and the accuracy of ``model`` on uint8 (N, C, H, W) images."""
+def evaluate_model(model, images: np.ndarray, labels: np.ndarray, mean, std, kind: str = "image") -> tuple[float, float]:
+    """Return the mean cross-entropy loss and the accuracy of ``model`` on ``images``.
+
+    ``images`` are uint8 (N, C, H, W), normalized here with ``mean`` and ``std``; with ``kind``
+    "features" they are a factory's features, passed to the model as float32 unchanged.
+    """
     import torch
 
     mean_tensor = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
@@ -62,7 +66,8 @@ def evaluate_model(model, images: np.ndarray, labels: np.ndarray, mean, std) -> 
     with torch.inference_mode():
         for start in range(0, len(labels), EVAL_BATCH_SIZE):
             x = torch.from_numpy(images[start : start + EVAL_BATCH_SIZE]).float()
-            x = (x / 255.0 - mean_tensor) / std_tensor
+            if kind == "image":
+                x = (x / 255.0 - mean_tensor) / std_tensor
             y = torch.from_numpy(labels[start : start + EVAL_BATCH_SIZE])
             logits = model(x)
             total_loss += loss_fn(logits, y).item()
@@ -144,8 +149,10 @@ def _score_trial(recipe: str, run_dir: Path, study: Study, trial, prepared) -> d
     from search.checkpoints import load_trial_model
 
     dataset = prepared.dataset
-    loaded = load_trial_model(run_dir, study, trial, dataset.num_classes, prepared.normalization)
-    loss, accuracy = evaluate_model(loaded.model, dataset.test_x, dataset.test_y, loaded.mean, loaded.std)
+    loaded = load_trial_model(run_dir, study, trial, dataset.num_classes, prepared.normalization, prepared)
+    loss, accuracy = evaluate_model(
+        loaded.model, dataset.test_x, dataset.test_y, loaded.mean, loaded.std, dataset.kind
+    )
     logger.info("%s recipe (trial %d): test accuracy %.4f, test loss %.4f", recipe, trial.number, accuracy, loss)
     return {
         "recipe": recipe,

@@ -150,6 +150,7 @@ def check_factory_study(mapping: Mapping, sections: dict[str, Any], space: Space
     raw_data = mapping.get("data") if isinstance(mapping.get("data"), Mapping) else {}
     if model is not None:
         problems += _check_model_settings(model, space)
+        problems += _check_cost_objectives(model, mapping.get("objective"))
     if data is not None and data.factory is not None:
         problems += _check_path(data.factory, "data.factory", "load_wine")
     # A resolved study file repeats the default source beside the factory, so only another
@@ -162,6 +163,26 @@ def check_factory_study(mapping: Mapping, sections: dict[str, Any], space: Space
             f"data: both data.source {source!r} and data.factory {raw_data['factory']!r} are "
             "given; keep one of them"
         )
+    return problems
+
+
+def _check_cost_objectives(model, objective) -> list[str]:
+    """Reject cost objectives for a factory model: ftsearch measures them on timm models only."""
+    from search.objectives import COST_METRICS
+
+    if model.factory is None or not isinstance(objective, Mapping):
+        return []
+    metrics = objective.get("metrics")
+    if not isinstance(metrics, list):
+        return []
+    problems = []
+    for index, entry in enumerate(metrics):
+        metric = entry.get("metric") if isinstance(entry, Mapping) else None
+        if metric in COST_METRICS:
+            problems.append(
+                f"objective.metrics[{index}].metric: the cost metric {metric!r} is measured on timm "
+                "models only, not on model.factory; remove it, or report the cost from your own code"
+            )
     return problems
 
 

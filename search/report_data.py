@@ -475,14 +475,16 @@ def prediction_data(run_dir: str | Path, study, trial, max_images: int = 32) -> 
 
     prepared = prepare(study)
     dataset = prepared.dataset
-    loaded = load_trial_model(run_dir, study, trial, dataset.num_classes, prepared.normalization)
+    loaded = load_trial_model(run_dir, study, trial, dataset.num_classes, prepared.normalization, prepared)
     mean = torch.tensor(loaded.mean).view(1, -1, 1, 1)
     std = torch.tensor(loaded.std).view(1, -1, 1, 1)
     predicted = []
     with torch.inference_mode():
         for start in range(0, len(dataset.val_y), 256):
-            chunk = torch.from_numpy(dataset.val_x[start : start + 256]).float() / 255.0
-            predicted.append(loaded.model((chunk - mean) / std).argmax(dim=1).numpy())
+            chunk = torch.from_numpy(dataset.val_x[start : start + 256]).float()
+            if dataset.kind == "image":
+                chunk = (chunk / 255.0 - mean) / std
+            predicted.append(loaded.model(chunk).argmax(dim=1).numpy())
     predicted = np.concatenate(predicted)
     truth = dataset.val_y
     matrix = confusion_matrix(truth, predicted, labels=list(range(dataset.num_classes)))
@@ -495,6 +497,7 @@ def prediction_data(run_dir: str | Path, study, trial, max_images: int = 32) -> 
             "image": np.ascontiguousarray(dataset.val_x[index].transpose(1, 2, 0)),
         }
         for index in wrong[:max_images]
+        if dataset.kind == "image"  # a factory's features have no picture to show
     ]
     return {
         "trial": trial.number,

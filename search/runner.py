@@ -253,6 +253,10 @@ def _architecture_meter(study: Study, prepared):
     from search.cost import ArchitectureMeter
     from search.objectives import COST_METRICS
 
+    if study.model.factory is not None:
+        # The factory builds the model in the worker; there are no timm weights to carry over.
+        return None
+
     return ArchitectureMeter(
         study.model.name,
         prepared.dataset.num_classes,

@@ -474,3 +474,35 @@ def test_factory_file_path_is_valid_in_a_study():
     mapping["model"]["factory"] = f"{REPO / 'studies' / 'tabular.py'}:build_mlp"
     study = Study.from_dict(mapping)
     assert study.model.factory == f"{REPO / 'studies' / 'tabular.py'}:build_mlp"
+
+
+def test_cost_objective_rejected_for_factory_model():
+    import yaml
+
+    mapping = yaml.safe_load(WINE_STUDY.read_text())
+    mapping["objective"] = {"metrics": [{"metric": "val_accuracy"}, {"metric": "params"}]}
+    with pytest.raises(StudyError) as error:
+        Study.from_dict(mapping, source=WINE_STUDY)
+    assert (
+        "objective.metrics[1].metric: the cost metric 'params' is measured on timm models only, "
+        "not on model.factory; remove it, or report the cost from your own code"
+    ) in str(error.value)
+
+
+@pytest.mark.slow
+def test_wine_run_reports_tests_and_resumes(wine_run, capsys):
+    """The commands that reopen a run find the factory module from the run directory."""
+    _, result = wine_run
+    run_dir = str(result.run_dir)
+
+    assert main(["report", run_dir]) == 0
+    html = (result.run_dir / "report.html").read_text()
+    assert "Confusion matrix" in html
+
+    assert main(["test", run_dir, "--no-progress"]) == 0
+    scores = json.loads((result.run_dir / "test.json").read_text())
+    assert [recipe["recipe"] for recipe in scores["recipes"]] == ["best", "default"]
+    assert 0.0 <= scores["recipes"][0]["test_accuracy"] <= 1.0
+
+    assert main(["resume", run_dir, "--no-progress"]) == 0
+    assert "already has its 6 trials; nothing to run" in capsys.readouterr().err
