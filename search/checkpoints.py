@@ -73,7 +73,9 @@ def load_trial_model(run_dir: str | Path, study, trial, num_classes: int, normal
     backbone = config.get("backbone") or study.model.name
     path = find_checkpoint(run_dir, trial)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model, _ = build_model(backbone, num_classes, model_config(config), in_chans=study.model.in_chans)
+    # Freezing only matters for training, and it would warn that no pretrained weights were given.
+    build_config = {**model_config(config), "frozen_stages": 0}
+    model, _ = build_model(backbone, num_classes, build_config, in_chans=study.model.in_chans)
     use_ema = study.objective.metric.endswith("_ema") and "model_ema" in state
     model.load_state_dict(state["model_ema" if use_ema else "model"])
     model.eval()

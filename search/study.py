@@ -540,13 +540,30 @@ def _kind_text(kinds: tuple[type, ...]) -> str:
     return " or ".join(texts)
 
 
+class _StudyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads exponent numbers without a dot, such as 1e-3, as floats.
+
+    PyYAML follows YAML 1.1, which reads 1e-3 as text; YAML 1.2 and JSON read it as a number.
+    """
+
+
+_StudyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_study(path: str | Path) -> Study:
-    """Read and validate a study file (YAML, read with ``yaml.safe_load``)."""
+    """Read and validate a study file (YAML, read with a ``yaml.SafeLoader`` subclass)."""
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"study file {str(path)!r} not found; give the path of a .yaml study file")
     try:
-        mapping = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # _StudyLoader builds only plain data, as yaml.safe_load does. Reading from the open
+        # file makes YAML's error messages name it.
+        with path.open(encoding="utf-8") as file:
+            mapping = yaml.load(file, Loader=_StudyLoader)  # noqa: S506
     except yaml.YAMLError as error:
         raise StudyError(f"{path}: invalid YAML: {error}") from None
     return Study.from_dict(mapping, source=path.resolve())

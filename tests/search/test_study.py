@@ -141,3 +141,18 @@ def test_python_api_equals_yaml(tmp_path):
 def test_concurrency_above_trials_warns(caplog):
     Study.from_dict(tiny_study_dict(search={"concurrency": 8}))
     assert "search.concurrency 8 is more than budget.trials 2" in caplog.text
+
+
+def test_exponent_without_dot_reads_as_number(tmp_path):
+    """PyYAML reads 1e-3 as text (YAML 1.1); a study file reads it as a number."""
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        "name: exponent\n"
+        "model: {name: resnet10t, image_size: 32}\n"
+        "space:\n"
+        "  lr: {type: float, low: 1e-4, high: 1e-2, log: true}\n"
+        "  weight_decay: 1e-3\n"
+    )
+    study = load_study(path)
+    assert study.space["weight_decay"].values() == [0.001]
+    assert study.to_dict()["space"]["lr"]["low"] == 1e-4
