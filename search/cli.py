@@ -52,9 +52,28 @@ def _command_run(args: argparse.Namespace) -> int:
     if summary is not None:
         _print_front(study, summary)
     print(f"Results: {result.run_dir} (storage {result.storage})")
+    _print_interrupted(result)
     if getattr(args, "test", False):
         _print_test(result.run_dir, args.address, not args.no_progress)
     return 0
+
+
+def _print_interrupted(result) -> None:
+    """Say how to continue a run that Ctrl-C or the time limit stopped before its trials finished."""
+    from search.resume import INTERRUPTED_ATTR, RERUN_OF_ATTR
+
+    trials = result.optuna_study.get_trials(deepcopy=False)
+    rerun = {trial.user_attrs.get(RERUN_OF_ATTR) for trial in trials}
+    interrupted = [trial for trial in trials if trial.user_attrs.get(INTERRUPTED_ATTR) and trial.number not in rerun]
+    if not interrupted:
+        return
+    numbers = ", ".join(str(trial.number) for trial in interrupted)
+    print(
+        f"{len(interrupted)} trial(s) ({numbers}) stopped before they finished, by Ctrl-C or "
+        f"budget.time_limit, and are marked FAIL; `ftsearch resume {result.run_dir}` runs them "
+        "again and continues the study",
+        file=sys.stderr,
+    )
 
 
 def _command_test(args: argparse.Namespace) -> int:

@@ -95,3 +95,28 @@ def test_unreachable_storage_is_one_line(tmp_path, capsys, storage, message):
     assert message in err
     assert "s3cret" not in err
     assert "Traceback" not in err
+
+
+def test_interrupted_trials_name_resume(tmp_path, capsys):
+    import optuna
+
+    from search.cli import _print_interrupted
+    from search.runner import RunResult
+
+    stored = optuna.create_study(direction="maximize")
+    stored.tell(stored.ask(), 0.5)
+    stopped = stored.ask()
+    stopped.set_user_attr("interrupted", True)
+    stored.tell(stopped, state=optuna.trial.TrialState.FAIL)
+    result = RunResult(tmp_path / "run", stored, "sqlite:///x")
+
+    _print_interrupted(result)
+    err = capsys.readouterr().err
+    assert "1 trial(s) (1) stopped before they finished, by Ctrl-C or budget.time_limit" in err
+    assert f"`ftsearch resume {tmp_path / 'run'}` runs them again" in err
+
+    rerun = stored.ask()
+    rerun.set_user_attr("rerun_of", 1)
+    stored.tell(rerun, 0.6)
+    _print_interrupted(result)
+    assert capsys.readouterr().err == ""
