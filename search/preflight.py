@@ -188,8 +188,21 @@ def _forward_tiny_batch(model, study: Study) -> None:
         first_line = (str(error) or type(error).__name__).splitlines()[0]
         raise StudyError(
             f"model.image_size: {study.model.name} cannot take {size}x{size} images "
-            f"({first_line}); choose a larger image_size"
+            f"({first_line}); {_image_size_fix(model, size)}"
         ) from None
+
+
+def _image_size_fix(model, size: int) -> str:
+    """Return how to fix an image size the model rejected: its fixed size, or a larger one."""
+    patch_embed = getattr(model, "patch_embed", None)
+    fixed = getattr(patch_embed, "img_size", None) if patch_embed is not None else None
+    if fixed is not None and not getattr(patch_embed, "dynamic_img_size", False):
+        height, width = fixed if isinstance(fixed, (tuple, list)) else (fixed, fixed)
+        return (
+            f"this model takes exactly {height}x{width} images, so set image_size: {height}, or "
+            "pick a model made for your size"
+        )
+    return "choose a larger image_size"
 
 
 def _normalization(study: Study, backbone: str, weights) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -87,3 +87,11 @@ def test_data_loaded_once_at_image_size():
     assert dataset.train_x.dtype.name == "uint8"
     assert len(dataset.train_y) + len(dataset.val_y) + len(dataset.test_y) == 1797
     assert set(dataset.val_y.tolist()) == set(range(10))
+
+
+def test_vit_image_size_names_its_fixed_size():
+    study = Study.from_dict(tiny_study_dict(model={"name": "vit_tiny_patch16_224", "image_size": 256}))
+    with pytest.raises(StudyError) as error:
+        prepare(study)
+    assert str(error.value).startswith("model.image_size: vit_tiny_patch16_224 cannot take 256x256 images (")
+    assert "this model takes exactly 224x224 images, so set image_size: 224" in str(error.value)
