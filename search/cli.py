@@ -168,6 +168,8 @@ def _command_report(args: argparse.Namespace) -> int:
 
     from search.export import ExportError
 
+    if args.compare and len(args.runs) < 2:
+        raise StudyError(f"--compare: a comparison needs two or more runs, got {len(args.runs)}; add another run directory")
     for run_dir in args.runs:
         try:
             print(f"Wrote {write_report(run_dir, png=args.png)}")
@@ -175,7 +177,7 @@ def _command_report(args: argparse.Namespace) -> int:
             print(f"ftsearch: error: {error}", file=sys.stderr)
             return EXIT_USAGE
     if len(args.runs) > 1:
-        print(f"Wrote {write_comparison(args.runs, args.compare)}")
+        print(f"Wrote {write_comparison(args.runs, args.compare or 'comparison.html')}")
     return 0
 
 
@@ -272,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     report_parser = commands.add_parser("report", help="write RUN/report.html; with several runs, also compare them")
     report_parser.add_argument("runs", nargs="+", metavar="run", help="run directory, such as runs/digits")
     report_parser.add_argument(
-        "--compare", default="comparison.html", metavar="FILE",
+        "--compare", default=None, metavar="FILE",
         help="where the comparison page of several runs goes (default: comparison.html)",
     )
     report_parser.add_argument(

@@ -120,3 +120,9 @@ def test_interrupted_trials_name_resume(tmp_path, capsys):
     stored.tell(rerun, 0.6)
     _print_interrupted(result)
     assert capsys.readouterr().err == ""
+
+
+def test_compare_needs_two_runs(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "one"), "--compare", str(tmp_path / "ab.html")]) == 2
+    err = capsys.readouterr().err
+    assert "--compare: a comparison needs two or more runs, got 1; add another run directory" in err
