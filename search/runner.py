@@ -100,6 +100,8 @@ def run(
     Raises:
         StudyError: before any trial starts, when the study cannot run.
     """
+    if address:
+        _check_cluster_address(address)
     run_dir = Path(run_dir or default_run_dir(study)).resolve()
     url = storage_url(study, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -162,6 +164,30 @@ def _init_ray(address: str | None) -> bool:
         _listen_on_loopback_only()
         ray.init(include_dashboard=False, **kwargs)
     return True
+
+
+def _check_cluster_address(address: str) -> None:
+    """Raise StudyError unless the head node at ``address`` (HOST:PORT) accepts a connection.
+
+    ``ray.init`` retries an unreachable address for minutes with only Ray's own warnings, so a
+    wrong address or a stopped cluster is reported here at once. "auto" and ``ray://`` client
+    addresses are left to Ray.
+    """
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise StudyError(f"--address: invalid value {address!r}; write HOST:PORT of the head node, such as 127.0.0.1:6379")
+    try:
+        with socket.create_connection((host, int(port)), timeout=10):
+            pass
+    except OSError as error:
+        raise StudyError(
+            f"--address: no Ray head node answers at {address} ({error}); start one with "
+            "`ray start --head --port=PORT`, or leave out --address to start Ray on this machine"
+        ) from None
 
 
 def _listen_on_loopback_only() -> None:

@@ -126,3 +126,18 @@ def test_compare_needs_two_runs(tmp_path, capsys):
     assert main(["report", str(tmp_path / "one"), "--compare", str(tmp_path / "ab.html")]) == 2
     err = capsys.readouterr().err
     assert "--compare: a comparison needs two or more runs, got 1; add another run directory" in err
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("127.0.0.1:1", "--address: no Ray head node answers at 127.0.0.1:1 ("),
+        ("127.0.0.1", "--address: invalid value '127.0.0.1'; write HOST:PORT of the head node"),
+    ],
+)
+def test_unreachable_cluster_fails_at_once(tmp_path, capsys, address, message):
+    path = write_study(tmp_path, tiny_study_dict())
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run"), "--address", address, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
