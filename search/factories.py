@@ -579,6 +579,9 @@ def prepare_factory_model(study, load_data: bool = True):
     channels = dataset.train_x.shape[1] if dataset.kind == "image" else study.model.in_chans
     normalization = {study.model.factory: _normalization(study, channels)}
     _check_built_model(factory, study, dataset, normalization[study.model.factory])
+    from search.preflight import check_batch_fits
+
+    check_batch_fits(study, dataset)
     return Prepared(dataset, {}, normalization, factory)
 
 

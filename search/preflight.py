@@ -82,7 +82,22 @@ def prepare(study: Study, load_data: bool = True) -> Prepared:
         dataset = load_dataset(
             study.data, study.model.image_size, study.model.in_chans, max_batch_size(study)
         )
+    if dataset is not None:
+        check_batch_fits(study, dataset)
     return Prepared(dataset, weights, normalization, slot_choices=slot_rows)
+
+
+def check_batch_fits(study: Study, dataset) -> None:
+    """Raise StudyError when the train split has fewer samples than the largest batch_size.
+
+    A trial would train on one short batch per epoch, so such a study usually ends at chance.
+    """
+    train_count, largest = len(dataset.train_y), max_batch_size(study)
+    if train_count < largest:
+        raise StudyError(
+            f"data: the train split has {train_count} samples, fewer than the largest batch_size "
+            f"{largest} in the space; lower space.batch_size to at most {train_count} or add data"
+        )
 
 
 def max_batch_size(study: Study) -> int:

@@ -103,7 +103,8 @@ def factory_study(tmp_path):
             "model": {"factory": f"{module}:{model}"},
             "data": {"factory": f"{module}:{data}"},
             "budget": {"trials": 1, "max_epochs": 1},
-            "space": space or {},
+            # The factory module's data sets are a few dozen samples, fewer than the default batch.
+            "space": {"batch_size": 8, **(space or {})},
             **sections,
         }
         return Study.from_dict(mapping, source=tmp_path / "study.yaml")

@@ -95,3 +95,13 @@ def test_vit_image_size_names_its_fixed_size():
         prepare(study)
     assert str(error.value).startswith("model.image_size: vit_tiny_patch16_224 cannot take 256x256 images (")
     assert "this model takes exactly 224x224 images, so set image_size: 224" in str(error.value)
+
+
+def test_batch_larger_than_digits_train_split():
+    study = Study.from_dict(tiny_study_dict(space={"batch_size": 100000}))
+    with pytest.raises(StudyError) as error:
+        prepare(study)
+    assert (
+        "data: the train split has 1257 samples, fewer than the largest batch_size 100000 in the "
+        "space; lower space.batch_size to at most 1257 or add data"
+    ) in str(error.value)

@@ -57,7 +57,7 @@ def test_image_size_model_cannot_take():
 
     (problem,) = problems_of(mapping)
     assert problem.startswith("model.image_size: vit_tiny_patch16_224 cannot take 32x32 images")
-    assert problem.endswith("choose a larger image_size")
+    assert problem.endswith("this model takes exactly 224x224 images, so set image_size: 224, or pick a model made for your size")
 
 
 def test_unknown_slot_choice_lists_valid_names():
