@@ -3,6 +3,8 @@
 A space is written as a mapping from names to specs. A spec is one of:
 
 * a plain value (``64``, ``"silu"``, ``[1, 2]``) or ``{value: X}``: fixed, never searched;
+* ``{name: mlp, hidden: 64}``: one fixed option with its parameters, as ``ftsearch best``
+  prints it;
 * ``{type: float, low: 1.0e-4, high: 1.0e-2, log: true, step: null}``: a float range;
 * ``{type: int, low: 0, high: 4, log: false, step: 1}``: an integer range;
 * ``{choices: [a, b, c]}``: a categorical choice;
@@ -281,6 +283,9 @@ def parse_param(spec: Any, key: str) -> Param:
         return _parse_choices(spec["choices"], f"{key}.choices")
     if "type" in spec or "low" in spec or "high" in spec:
         return _parse_range(spec, key)
+    if "name" in spec:
+        # An option with its parameters, as `ftsearch best --json` prints one: {name: mlp, hidden: 64}.
+        return Fixed(dict(spec))
     raise SpaceError(
         f"{key}: cannot tell the kind of parameter from the keys {sorted(spec)}; write a fixed "
         "value, {value: X}, {choices: [...]} or {type: float|int, low: ..., high: ...}"

@@ -136,3 +136,9 @@ def test_space_rejects_bad_names():
         parse_space({"a/b": 1})
     with pytest.raises(SpaceError, match="expected a mapping of parameter names"):
         parse_space([1, 2])
+
+
+def test_named_option_is_fixed_value():
+    param = parse_param({"name": "mlp", "hidden": 64, "dropout": 0.1}, "space.head")
+    assert isinstance(param, Fixed)
+    assert param.values() == [{"name": "mlp", "hidden": 64, "dropout": 0.1}]
