@@ -46,7 +46,7 @@ BAD_FILE_KINDS = {
     "empty": "empty (0 bytes)",
     "unreadable": "not an image file Pillow can read",
     "truncated": "truncated",
-    "corrupt": "failed to decode",
+    "corrupt": "corrupt (decoding failed)",
 }
 # The conversion rule for each source mode, shown with the conversion counts in logs and `ftsearch validate`.
 RGB_RULES = {
@@ -314,7 +314,7 @@ def _bad_file_notes(bad: dict[str, list[str]], on_bad_file: str, root: Path) -> 
         raise StudyError(problems)
     total = sum(len(bad[kind]) for kind in kinds)
     parts = [f"{len(bad[kind])} {BAD_FILE_KINDS[kind]} ({name_list(bad[kind])})" for kind in kinds]
-    note = f"skipped {total} bad image files (data.on_bad_file: skip): {'; '.join(parts)}"
+    note = f"skipped {_count(total, 'bad image file', 'bad image files')} (data.on_bad_file: skip): {'; '.join(parts)}"
     logger.warning("%s%s", note[0].upper(), note[1:])
     return [note]
 

@@ -136,7 +136,7 @@ def _constant_note(trials) -> str | None:
     names = sorted({name for trial in trials for name in trial.params} - set(_varied_params(trials)))
     if not names:
         return None
-    return f"parameters that never varied and are left out: {', '.join(names)}"
+    return f"parameters with one value in every completed trial, left out: {', '.join(names)}"
 
 
 def importance_data(optuna_study) -> dict[str, Any]:

@@ -525,6 +525,10 @@ class _StudySearcher(OptunaSearch):
         return self._ot_study._storage.get_trial(ot_trial._trial_id)
 
 
+def _epochs(count: int) -> str:
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
 class _Progress(Callback):
     """A progress bar and one log line per finished trial."""
 
@@ -587,7 +591,7 @@ class _Progress(Callback):
         state = frozen.state.name
         if state == "FAIL":
             reason = frozen.user_attrs.get(FAIL_REASON_ATTR, "unknown error")
-            return f"Trial {frozen.number} FAIL after {epochs} epochs: {reason}; best {best}"
+            return f"Trial {frozen.number} FAIL after {_epochs(epochs)}: {reason}; best {best}"
         last = frozen.values[0] if frozen.values else (frozen.user_attrs.get(EPOCH_VALUES_ATTR) or [None])[-1]
         value = "none" if last is None else f"{last:.4f}"
         costs = "".join(
@@ -595,7 +599,7 @@ class _Progress(Callback):
             for index, (name, _) in enumerate(self.study.objective.objectives)
             if index > 0 and frozen.values
         )
-        return f"Trial {frozen.number} {state}: {metric} {value}{costs} after {epochs} epochs; best {best}"
+        return f"Trial {frozen.number} {state}: {metric} {value}{costs} after {_epochs(epochs)}; best {best}"
 
     def _update_postfix(self) -> None:
         best = "-" if self.best is None else f"{self.best[0]:.4f}"

@@ -106,7 +106,7 @@ def test_parameter_that_never_varied_is_left_out(tmp_path):
     importance = report_data.importance_data(study)
     assert importance["params"] == ["lr"]
     assert importance["importances"] == [pytest.approx(1.0)]
-    assert importance["note"] == "parameters that never varied and are left out: width"
+    assert importance["note"] == "parameters with one value in every completed trial, left out: width"
     parallel = report_data.parallel_data(study)
     assert [dim["name"] for dim in parallel["dimensions"]] == ["lr"]
     assert parallel["dimensions"][0]["log"] is True
