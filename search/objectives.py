@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 from collections.abc import Mapping
 from typing import Any
+
+logger = logging.getLogger(__name__)
+# (metric, direction) pairs already warned about: a study is rebuilt from its dict several times.
+_warned_directions: set[tuple[str, str]] = set()
 
 __all__ = [
     "COST_METRICS",
@@ -122,7 +127,12 @@ def resolve_objective(objective):
     Each entry gets its direction, and ``metric``/``direction`` become the first entry's, so
     the scheduler and single-objective code read the validation metric unchanged.
     """
-    if objective is None or not objective.metrics:
+    if objective is None:
+        return objective
+    entries = objective.metrics or [{"metric": objective.metric, "direction": objective.direction}]
+    for entry in entries:
+        _warn_about_direction(entry["metric"], entry.get("direction"))
+    if not objective.metrics:
         return objective
     metrics = [
         {"metric": entry["metric"], "direction": entry.get("direction") or default_direction(entry["metric"])}
@@ -130,6 +140,23 @@ def resolve_objective(objective):
     ]
     return dataclasses.replace(
         objective, metric=metrics[0]["metric"], direction=metrics[0]["direction"], metrics=metrics
+    )
+
+
+def _warn_about_direction(metric: str, direction: str | None) -> None:
+    """Warn when a validation metric is optimized against the direction that improves it."""
+    natural = _reported_metrics().get(metric)
+    if direction is None or natural is None or direction == natural or (metric, direction) in _warned_directions:
+        return
+    _warned_directions.add((metric, direction))
+    logger.warning(
+        "objective: %s is set to %s, so the search prefers worse models; a better %s is %s. "
+        "Remove the direction to use %s",
+        metric,
+        direction,
+        metric,
+        "higher" if natural == "maximize" else "lower",
+        natural,
     )
 
 

@@ -307,6 +307,7 @@ class Study:
 
     def _warn_about_replaced_settings(self) -> None:
         _warn_about_dropped_color_jitter(self.space)
+        _warn_about_long_warmup(self.space, self.budget.max_epochs)
         if self.search.concurrency > self.budget.trials:
             logger.warning(
                 "search.concurrency %d is more than budget.trials %d; at most %d trials run at once",
@@ -449,6 +450,20 @@ def _warn_about_dropped_color_jitter(space: Space) -> None:
         logger.warning(
             "space.color_jitter is ignored in trials whose randaugment_ops is above 0: timm's "
             "transform leaves color jitter out when RandAugment is on"
+        )
+
+
+def _warn_about_long_warmup(space: Space, max_epochs: int) -> None:
+    """Warn when some trials would spend every epoch warming up their learning rate."""
+    warmups = space["warmup_epochs"].values() if "warmup_epochs" in space else [0]
+    longest = max(value for value in warmups if isinstance(value, (int, float)))
+    if longest >= max_epochs:
+        logger.warning(
+            "space.warmup_epochs reaches %g but budget.max_epochs is %d, so such trials never leave "
+            "the warmup; keep warmup_epochs below %d",
+            longest,
+            max_epochs,
+            max_epochs,
         )
 
 

@@ -114,3 +114,18 @@ def test_meter_measures_once_per_architecture():
     assert first.weights_kept == 0
     assert not first.pretrained
     assert first.describe() == f"no pretrained weights; all {len(first.weights_new)} tensors initialised anew"
+
+
+def test_direction_against_metric_warns(caplog):
+    import logging
+
+    from search import objectives
+
+    objectives._warned_directions.clear()
+    with caplog.at_level(logging.WARNING, logger="search.objectives"):
+        Study.from_dict(tiny_study_dict(objective={"metric": "val_accuracy", "direction": "minimize"}))
+        Study.from_dict(tiny_study_dict(objective={"metric": "val_loss", "direction": "minimize"}))
+    assert [record.getMessage() for record in caplog.records] == [
+        "objective: val_accuracy is set to minimize, so the search prefers worse models; a better "
+        "val_accuracy is higher. Remove the direction to use maximize"
+    ]

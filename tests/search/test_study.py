@@ -156,3 +156,14 @@ def test_exponent_without_dot_reads_as_number(tmp_path):
     study = load_study(path)
     assert study.space["weight_decay"].values() == [0.001]
     assert study.to_dict()["space"]["lr"]["low"] == 1e-4
+
+
+def test_warmup_longer_than_budget_warns(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="search.study"):
+        Study.from_dict(tiny_study_dict(budget={"trials": 1, "max_epochs": 1}, space={"warmup_epochs": 5}))
+    assert (
+        "space.warmup_epochs reaches 5 but budget.max_epochs is 1, so such trials never leave the "
+        "warmup; keep warmup_epochs below 1"
+    ) in caplog.text
