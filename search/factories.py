@@ -335,10 +335,15 @@ def _import_module(module_name: str, key: str, folder: Path):
 
 
 def _missing_attribute(key: str, owner: str, target: Any, attribute: str) -> str:
+    own = getattr(target, "__name__", None) if inspect.ismodule(target) else None
     names = sorted(
         name
         for name, value in vars(target).items()
-        if not name.startswith("_") and callable(value) and not inspect.ismodule(value)
+        if not name.startswith("_")
+        and callable(value)
+        and not inspect.ismodule(value)
+        # Of a module, list what it defines, not what it imported (StandardScaler, ...).
+        and (own is None or getattr(value, "__module__", own) == own)
     )
     close = difflib.get_close_matches(attribute, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
