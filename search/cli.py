@@ -59,7 +59,7 @@ def _command_run(args: argparse.Namespace) -> int:
 
 
 def _print_interrupted(result) -> None:
-    """Say how to continue a run that Ctrl-C or the time limit stopped before its trials finished."""
+    """Print how to continue a run that Ctrl-C or the time limit stopped before its trials finished."""
     from search.resume import INTERRUPTED_ATTR, RERUN_OF_ATTR
 
     trials = result.optuna_study.get_trials(deepcopy=False)

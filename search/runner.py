@@ -185,7 +185,7 @@ def _check_cluster_address(address: str) -> None:
             pass
     except OSError as error:
         raise StudyError(
-            f"--address: no Ray head node answers at {address} ({error}); start one with "
+            f"--address: no Ray head node accepts connections at {address} ({error}); start one with "
             "`ray start --head --port=PORT`, or leave out --address to start Ray on this machine"
         ) from None
 

@@ -131,7 +131,7 @@ def test_compare_needs_two_runs(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("address", "message"),
     [
-        ("127.0.0.1:1", "--address: no Ray head node answers at 127.0.0.1:1 ("),
+        ("127.0.0.1:1", "--address: no Ray head node accepts connections at 127.0.0.1:1 ("),
         ("127.0.0.1", "--address: invalid value '127.0.0.1'; write HOST:PORT of the head node"),
     ],
 )
