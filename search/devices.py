@@ -147,6 +147,9 @@ def memory_limit(memory_mb: int | None, device: TrialDevice):
     Ray reuses the worker process for later trials. Allocations past it raise in torch, and the
     trial ends FAIL as out of memory. CUDA trials are not limited this way: the CUDA runtime
     maps far more virtual memory than it uses, so a GPU's own out-of-memory error applies.
+
+    NOTE: the limit counts new mappings only, so memory that an earlier trial on the same worker
+    left mapped (the allocator keeps freed blocks) is reused without counting against it.
     """
     if memory_mb is None or device.is_cuda or not hasattr(resource, "RLIMIT_AS"):
         yield
