@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,8 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.search_efficiency import bench_digits, bench_tabular, format_ratio  # noqa: E402
+from benchmarks.decode_images import write_folder  # noqa: E402
+from benchmarks.search_efficiency import bench_digits, bench_tabular, format_ratio, print_table  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -48,7 +48,7 @@ def _tiny_study(name: str, trials: int, concurrency: int, image_size: int, extra
 
 
 def bench_training_step(quick: bool) -> dict:
-    """A trial's training step against a bare timm loop on the same model, batch and threads."""
+    """Time a trial's training step against a bare timm loop on the same model, batch and threads."""
     import timm
     from timm.optim import create_optimizer_v2
 
@@ -338,19 +338,6 @@ def bench_short_trials(quick: bool, folder: Path) -> list[dict]:
     ]
 
 
-def _write_jpeg_folder(root: Path, count: int, width: int = 400, height: int = 300) -> None:
-    """Write ``count`` JPEG files (quality 90) of smooth noise in 4 class folders."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for index in range(count):
-        class_folder = root / f"class{index % 4}"
-        class_folder.mkdir(parents=True, exist_ok=True)
-        small = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
-        image = Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
-        image.save(class_folder / f"{index:06d}.jpg", quality=90)
-
-
 def bench_data_sharing(quick: bool, folder: Path) -> list[dict]:
     """Time an epoch on the study's decoded images against one that decodes the JPEG files again.
 
@@ -377,7 +364,7 @@ def _data_sharing_row(root: Path, count: int, width: int, height: int, repeats: 
     from spaces.terms import resolve_config
 
     size, batch, threads = 32, 64, 1
-    _write_jpeg_folder(root, count, width, height)
+    write_folder(root, count, width, height)
     torch.set_num_threads(threads)
     mean, std = (0.5,) * 3, (0.5,) * 3
 
@@ -469,11 +456,7 @@ def main() -> int:
                 rows.append(row)
                 ratio = format_ratio(row["ratio"])
                 print(f"{row['name']}: ratio {ratio} ({row['measured']})", file=sys.stderr, flush=True)
-    print(f"\nMachine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"torch {torch.__version__}, optuna {optuna.__version__}")
-    print("\n| benchmark | measured | ratio | goal |\n| --- | --- | --- | --- |")
-    for row in rows:
-        print(f"| {row['name']} | {row['measured']} | {format_ratio(row['ratio'])} | {row['goal']} |")
+    print_table(rows)
     return 0
 
 

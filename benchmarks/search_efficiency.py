@@ -254,14 +254,23 @@ def format_ratio(ratio: float) -> str:
     return f"{ratio:.2f}" if math.isfinite(ratio) else "> 1 (not reached)"
 
 
+def print_table(rows: list[dict], machine_note: str = "") -> None:
+    """Print the machine and versions, then one Markdown table row per benchmark."""
+    import torch
+
+    print(f"\nMachine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"torch {torch.__version__}, optuna {optuna.__version__}{machine_note}")
+    print("\n| benchmark | measured | ratio | goal |\n| --- | --- | --- | --- |")
+    for row in rows:
+        print(f"| {row['name']} | {row['measured']} | {format_ratio(row['ratio'])} | {row['goal']} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one digits seed of 8 short trials, 3 tabular seeds")
     parser.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
     parser.add_argument("--seeds", type=int, help="seeds per part (default: 3 digits, 10 tabular; quick: 1 and 3)")
     args = parser.parse_args()
-    import torch
-
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory(prefix="ftsearch-bench-") as folder:
@@ -269,11 +278,7 @@ def main() -> int:
             rows += bench_tabular(args.quick, args.seeds)
         if "digits" in (args.only or PARTS):
             rows.append(bench_digits(args.quick, Path(folder), args.seeds))
-    print(f"\nMachine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"torch {torch.__version__}, optuna {optuna.__version__}; wall time {time.perf_counter() - started:.0f} s")
-    print("\n| benchmark | measured | ratio | goal |\n| --- | --- | --- | --- |")
-    for row in rows:
-        print(f"| {row['name']} | {row['measured']} | {format_ratio(row['ratio'])} | {row['goal']} |")
+    print_table(rows, f"; wall time {time.perf_counter() - started:.0f} s")
     return 0
 
 

@@ -32,6 +32,9 @@ __all__ = [
 MIB = 2**20
 # Messages of torch's allocators when an allocation fails: CPU (DefaultCPUAllocator) and CUDA.
 _OUT_OF_MEMORY_TEXTS = ("can't allocate memory", "out of memory")
+# oneDNN's message when it cannot allocate scratch space for a CPU kernel. Other causes give the
+# same text, so it counts as out of memory only while memory_limit is in force.
+_ONEDNN_SETUP_FAILURE = "could not create a primitive"
 
 
 @dataclass(frozen=True)
@@ -165,15 +168,22 @@ def memory_limit(memory_mb: int | None, device: TrialDevice):
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """Return whether ``error`` is a failed allocation, on the CPU or a CUDA device."""
+def is_out_of_memory(error: BaseException, memory_limited: bool = False) -> bool:
+    """Return whether ``error`` is a failed allocation, on the CPU or a CUDA device.
+
+    ``memory_limited`` means that ``memory_limit`` capped the CPU trial, so that a oneDNN kernel
+    that failed to set up counts as out of memory too.
+    """
     if isinstance(error, MemoryError):
         return True
     import torch
 
     if isinstance(error, torch.OutOfMemoryError):
         return True
-    return isinstance(error, RuntimeError) and any(text in str(error) for text in _OUT_OF_MEMORY_TEXTS)
+    if not isinstance(error, RuntimeError):
+        return False
+    texts = (*_OUT_OF_MEMORY_TEXTS, _ONEDNN_SETUP_FAILURE) if memory_limited else _OUT_OF_MEMORY_TEXTS
+    return any(text in str(error) for text in texts)
 
 
 def free_memory(device: TrialDevice) -> None:

@@ -42,7 +42,7 @@ def guarded_train_trial(config: dict[str, Any], metric: str, memory_mb: int | No
         except TrialDiverged as error:
             reason = f"TrialDiverged: {error}"
         except (MemoryError, RuntimeError) as error:
-            if not (is_out_of_memory(error) or _limited_onednn_failure(error, memory_mb, runtime)):
+            if not is_out_of_memory(error, memory_limited=memory_mb is not None and not runtime.is_cuda):
                 raise
             reason = _out_of_memory_reason(error, memory_mb, runtime)
     if reason is None:
@@ -51,16 +51,6 @@ def guarded_train_trial(config: dict[str, Any], metric: str, memory_mb: int | No
     free_memory(runtime)
     logger.warning("Trial %s ends without a retry: %s", config.get("number"), reason)
     tune.report({metric: math.nan, FAIL_REASON_KEY: reason, "placement": worker_placement(runtime)})
-
-
-def _limited_onednn_failure(error: BaseException, memory_mb: int | None, runtime) -> bool:
-    """Return whether oneDNN failed to set up a CPU kernel while the trial's memory was limited.
-
-    oneDNN reports a failed allocation for its scratch space as "could not create a primitive",
-    not as an out-of-memory error.
-    NOTE: without the limit the same text may have other causes, so it counts only under it.
-    """
-    return memory_mb is not None and not runtime.is_cuda and "could not create a primitive" in str(error)
 
 
 def _out_of_memory_reason(error: BaseException, memory_mb: int | None, runtime) -> str:

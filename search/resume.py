@@ -44,6 +44,8 @@ class ResumePlan:
     counted: int
     interrupted: tuple[int, ...]
     remaining: int
+    # Every trial in the storage, re-queued ones included; it offsets the sampler's seed.
+    stored: int = 0
 
 
 def counted_trials(optuna_study) -> list:
@@ -126,7 +128,7 @@ def plan_resume(study: Study, storage, run_dir: Path) -> ResumePlan:
         len(interrupted),
         remaining,
     )
-    return ResumePlan(counted, tuple(interrupted), remaining)
+    return ResumePlan(counted, tuple(interrupted), remaining, len(optuna_study.get_trials(deepcopy=False)))
 
 
 def _requeue_interrupted(optuna_study) -> list[int]:

@@ -110,8 +110,8 @@ def run(
     if resume:
         from search.resume import plan_resume
 
-        remaining = plan_resume(study, storage, run_dir).remaining
-        stored_trials = len(optuna.load_study(study_name=study.name, storage=storage).trials)
+        plan = plan_resume(study, storage, run_dir)
+        remaining, stored_trials = plan.remaining, plan.stored
     else:
         _reject_existing_study(study, storage, run_dir, url)
         remaining = study.budget.trials

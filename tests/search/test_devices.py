@@ -107,3 +107,9 @@ def test_other_runtime_errors_are_not_out_of_memory():
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert is_out_of_memory(MemoryError())
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+
+
+def test_onednn_failure_counts_only_under_limit():
+    error = RuntimeError("could not create a primitive")
+    assert not is_out_of_memory(error)
+    assert is_out_of_memory(error, memory_limited=True)

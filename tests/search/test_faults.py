@@ -250,9 +250,18 @@ def test_plan_resume_requeues_unfinished_trials(tmp_path):
     assert plan.interrupted == (1, 2)
     assert plan.counted == 1
     assert plan.remaining == TRIALS - 1
+    assert plan.stored == 5
     trials = stored.get_trials()
     assert [t.state for t in trials] == [COMPLETE, FAIL, FAIL, optuna.trial.TrialState.WAITING, optuna.trial.TrialState.WAITING]
     assert trials[3].user_attrs["rerun_of"] == 1
     assert trials[4].params == {} and trials[4].system_attrs["fixed_params"] == killed.params
     # A second resume queues nothing new.
     assert plan_resume(study, storage, tmp_path).interrupted == ()
+
+
+def test_plan_resume_without_stored_study(tmp_path):
+    from search.resume import ResumePlan, plan_resume
+
+    study = Study.from_dict(fault_study_dict())
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    assert plan_resume(study, storage, tmp_path) == ResumePlan(0, (), TRIALS, 0)
