@@ -50,7 +50,7 @@ def load_trial_model(run_dir: str | Path, study, trial, num_classes: int, normal
     """Rebuild ``trial``'s model from its configuration and load its last checkpoint.
 
     ``normalization`` maps each backbone to its (mean, std), as ``search.preflight.prepare``
-    returns it. No pretrained weights are loaded: the checkpoint holds every tensor. When the
+    returns it. No pretrained weights are loaded: the checkpoint contains every tensor. When the
     study's objective is an EMA metric (``val_accuracy_ema``, ``val_loss_ema``), the moving
     average of the weights is loaded, since that is the model the objective scored. A factory
     model is rebuilt by its factory, which needs ``prepared`` (``search.preflight.prepare``).

@@ -1,8 +1,8 @@
 """Data sets, decoded once per study into uint8 arrays that every trial shares.
 
 Images are stored as ``uint8`` arrays of shape (N, C, H, W) at the study's image size, so a
-study decodes and resizes each image once, and Ray's object store hands the same memory to every
-trial on a node without copying.
+study decodes and resizes each image once. Ray's object store then hands the same memory to
+every trial on a node without copying.
 """
 
 from __future__ import annotations

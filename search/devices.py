@@ -2,7 +2,7 @@
 
 On a CUDA device a trial trains in bf16 autocast (where the GPU supports it) with channels-last
 tensors, copies batches from pinned host memory without blocking, and may compile its model
-with ``torch.compile``. On the CPU it trains in float32 unless the study asks for bf16.
+with ``torch.compile``. On the CPU it trains in float32 unless the study requests bf16.
 
 NOTE: the CUDA branches were written against torch 2.14's documented API but have only been
 run on CPU machines; the tests exercise the same logic on the CPU.
@@ -103,7 +103,7 @@ def select_device(gpus: float, precision: str = "auto", compile_mode: str = "non
     """Return the device for a trial that Ray gave ``gpus`` GPUs (fractions included).
 
     Ray sets ``CUDA_VISIBLE_DEVICES`` for the worker, so ``cuda`` is the GPU Ray assigned.
-    A trial given GPUs on a machine where torch sees none trains on the CPU, with a warning.
+    A trial given GPUs on a machine where torch finds none trains on the CPU, with a warning.
     """
     import torch
 

@@ -53,7 +53,7 @@ def default_recipe_study(study: Study, train_images: int) -> Study:
 def evaluate_model(model, images: np.ndarray, labels: np.ndarray, mean, std, kind: str = "image") -> tuple[float, float]:
     """Return the mean cross-entropy loss and the accuracy of ``model`` on ``images``.
 
-    ``images`` are uint8 (N, C, H, W), normalized here with ``mean`` and ``std``; with ``kind``
+    ``images`` are uint8 (N, C, H, W), normalized here with ``mean`` and ``std``. With ``kind``
     "features" they are a factory's features, passed to the model as float32 unchanged.
     """
     import torch

@@ -1,8 +1,8 @@
 """Finding users' image files: an image folder of class folders, or a CSV file of path and label.
 
 An image folder contains one sub-folder per class, either directly or inside ``train/``, ``val/``
-and ``test/`` split folders (``train/`` is required in that layout; a missing ``val/`` or
-``test/`` is carved from ``train/``). Class folders may nest; every file below one belongs to
+and ``test/`` split folders. That layout requires ``train/``, and a missing ``val/`` or
+``test/`` is carved from ``train/``. Class folders may nest; every file below one belongs to
 that class. Names starting with '.' (``.DS_Store``, ``.ipynb_checkpoints``) are ignored, and so
 are files without an image file extension that Pillow knows.
 

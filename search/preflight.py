@@ -25,7 +25,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Prepared:
-    """What every trial of a study shares: the data set and each backbone's weights."""
+    """The data set and each backbone's weights, shared by every trial of a study."""
 
     dataset: Any
     weights: dict[str, Any]

@@ -2,7 +2,7 @@
 
 Each function returns a dict that a test can check and ``search.report`` draws. When a figure
 cannot be drawn (too few trials, nothing varied, a single objective), the dict carries a
-``note`` that says why, and the report shows the note in place of the figure.
+``note`` that explains why, and the report shows the note in place of the figure.
 """
 
 from __future__ import annotations

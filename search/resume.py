@@ -6,7 +6,7 @@ is, except a trial the stopped driver left unfinished: RUNNING after a kill, or 
 ``fail_reason`` and ``interrupted`` set, it does not count, and its configuration is queued to
 run again as a new trial (``rerun_of`` names the old trial's number). The resumed run then
 starts exactly the trials still missing, so the study ends with ``budget.trials`` counted trials.
-The sampler sees every finished trial, since they stay in the same Optuna study.
+The sampler uses every finished trial, since they stay in the same Optuna study.
 
 Resuming assumes no other driver runs the study at the same time; one that does would see its
 running trials marked FAIL.

@@ -193,7 +193,7 @@ def _check_cluster_address(address: str) -> None:
 def _listen_on_loopback_only() -> None:
     """Make a local Ray bind 127.0.0.1 instead of this machine's network address.
 
-    Ray 2.x picks the loopback address when its "cluster" switch is off; it reads the switch
+    Ray 2.x picks the loopback address when its "cluster" switch is off. Ray reads the switch
     from the environment at import time, so the module attribute is set for this process and
     the variable for the processes Ray starts.
     """

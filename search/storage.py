@@ -92,7 +92,7 @@ def open_run(run_dir: str | Path):
     """Load the Optuna study stored for the run in ``run_dir``.
 
     Raises:
-        FileNotFoundError: when ``run_dir`` holds no run.
+        FileNotFoundError: when ``run_dir`` contains no run.
     """
     import optuna
 

@@ -60,7 +60,7 @@ class TrialSettings:
 def train_trial(config: dict[str, Any], data, weights: dict, settings: TrialSettings) -> None:
     """Fine-tune the trial's configuration and report metrics after every epoch.
 
-    ``config["trial"]`` holds the resolved search terms; ``data`` is the study's ``Dataset``;
+    ``config["trial"]`` contains the resolved search terms; ``data`` is the study's ``Dataset``;
     ``weights`` maps each backbone to its ``PretrainedWeights`` or None.
     """
     import torch

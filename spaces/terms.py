@@ -33,7 +33,7 @@ class Term:
 
     ``kind`` is ``"float"``, ``"int"``, ``"bool"``, ``"name"`` (text from a registry) or ``"head"``
     (a classifier head with its own parameters). ``rule`` returns None for a valid value, or
-    text that completes "must ...". ``target`` says what consumes the term: ``"model"`` terms
+    text that completes "must ...". ``target`` names what consumes the term: ``"model"`` terms
     go to ``search.model.build_model``, ``"training"`` terms to the training loop.
     """
 

@@ -254,7 +254,8 @@ def test_plan_resume_requeues_unfinished_trials(tmp_path):
     trials = stored.get_trials()
     assert [t.state for t in trials] == [COMPLETE, FAIL, FAIL, optuna.trial.TrialState.WAITING, optuna.trial.TrialState.WAITING]
     assert trials[3].user_attrs["rerun_of"] == 1
-    assert trials[4].params == {} and trials[4].system_attrs["fixed_params"] == killed.params
+    assert trials[4].params == {}
+    assert trials[4].system_attrs["fixed_params"] == killed.params
     # A second resume queues nothing new.
     assert plan_resume(study, storage, tmp_path).interrupted == ()
 

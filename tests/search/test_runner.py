@@ -21,7 +21,7 @@ MAX_EPOCHS = 2
 def finished_run(ray_session, tmp_path_factory):
     """A study whose space mixes a learning rate that works with one that learns nothing.
 
-    Trials run one at a time, so ASHA sees both kinds at its first rung and stops the weak ones.
+    Trials run one at a time, so ASHA gets both kinds at its first rung and stops the weak ones.
     """
     run_dir = tmp_path_factory.mktemp("runs") / "e2e"
     study = Study.from_dict(
